@@ -1,0 +1,202 @@
+"""Validated run settings: nothing runs before the whole config is valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from heron.errors import ConfigError
+from heron.hierarchy import Factor, Hierarchy
+
+ALGORITHMS = ("ppo", "a2c", "sac", "td3", "ddpg", "dqn")
+METHODS = ("heron", "ground-truth", "weighted-sum", "flat-preference")
+Input = Literal["obs", "action", "next_obs", "factors"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FactorConfig(_Strict):
+    """One ranked factor (see :class:`heron.Factor`)."""
+
+    name: str
+    direction: Literal["max", "min"] = "max"
+    margin: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+    margin_mode: Literal["absolute", "std"] = "absolute"
+
+
+class RewardModelConfig(_Strict):
+    """The learned reward.
+
+    :param inputs: what a step's features are made of; the default (state, action) works when the
+        best action depends on the state.
+    :param hidden: hidden layer widths of the MLP.
+    :param ensemble: members trained together (one batched network).
+    :param normalize: standardize the learned reward after each refit (strongly recommended).
+    :param lr: Adam learning rate.
+    :param weight_decay: L2 penalty.
+    :param epochs: passes over each refit's pairs.
+    :param batch_size: pairs per minibatch.
+    """
+
+    inputs: tuple[Input, ...] = ("obs", "action")
+    hidden: tuple[int, ...] = (256, 256)
+    ensemble: int = Field(1, ge=1)
+    normalize: bool = True
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(256, ge=1)
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("choose at least one of obs, action, next_obs, factors")
+        if len(set(v)) != len(v):
+            raise ValueError("an input is listed twice")
+        return v
+
+    @field_validator("hidden")
+    @classmethod
+    def _hidden(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(h < 1 for h in v):
+            raise ValueError("hidden widths must be >= 1")
+        return v
+
+
+class ComparisonConfig(_Strict):
+    """What gets compared, how often, and by how noisy a teacher.
+
+    :param unit: transitions, fixed-length segments, or whole episodes.
+    :param segment_length: steps per segment (``unit: segment``).
+    :param aggregate: how a unit's per-step factors combine.
+    :param pairs: pairs drawn per refit.
+    :param pool_steps: recent vector steps kept for drawing pairs (0: one rollout for on-policy
+        algorithms, 10,000 for off-policy ones).
+    :param update_every: env steps between refits (0: every rollout for on-policy, 1,000 for off-policy).
+    :param warmup_steps: env steps before the first refit (off-policy: at least ``learning_starts``).
+    :param teacher_noise: probability of flipping each label (robustness studies).
+    """
+
+    unit: Literal["transition", "segment", "episode"] = "transition"
+    segment_length: int = Field(25, ge=1)
+    aggregate: Literal["sum", "mean", "min", "max", "last"] = "sum"
+    pairs: int = Field(4096, ge=1)
+    pool_steps: int = Field(0, ge=0)
+    update_every: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    teacher_noise: float = Field(0.0, ge=0.0, le=0.5)
+
+
+class EvalConfig(_Strict):
+    """Evaluation on the env's own reward.
+
+    :param every: env steps between evaluations (0: 10 per run).
+    :param episodes: episodes per evaluation (deterministic policy).
+    """
+
+    every: int = Field(0, ge=0)
+    episodes: int = Field(5, ge=1)
+
+
+class RunConfig(_Strict):
+    """Everything one training run needs (the YAML config of ``heron train``)."""
+
+    env: str
+    algorithm: str = "ppo"
+    method: str = "heron"
+    total_timesteps: int = Field(50_000, gt=0)
+    seed: int = 0
+    n_envs: int = Field(1, ge=1)
+    hierarchy: tuple[FactorConfig, ...] | None = None
+    weights: dict[str, float] | None = None
+    reward_model: RewardModelConfig = RewardModelConfig()
+    comparison: ComparisonConfig = ComparisonConfig()
+    eval: EvalConfig = EvalConfig()
+    algorithm_kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint_every: int = Field(0, ge=0)
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithm(cls, v: str) -> str:
+        if v.lower() not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {v!r} (choose from {', '.join(ALGORITHMS)})")
+        return v.lower()
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r} (choose from {', '.join(METHODS)})")
+        return v
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and any(w != w or abs(w) == float("inf") for w in v.values()):
+            raise ValueError("weights must be finite")
+        return v
+
+    @model_validator(mode="after")
+    def _hierarchy_valid(self) -> RunConfig:
+        if self.hierarchy is not None:
+            to_hierarchy(self.hierarchy)
+        return self
+
+
+def to_hierarchy(factors: tuple[FactorConfig, ...] | list[FactorConfig]) -> Hierarchy:
+    """The :class:`Hierarchy` of validated factor settings."""
+    return Hierarchy([Factor(f.name, f.direction, f.margin, f.margin_mode) for f in factors])
+
+
+def from_hierarchy(hierarchy: Hierarchy) -> tuple[FactorConfig, ...]:
+    """Factor settings of a :class:`Hierarchy`."""
+    return tuple(
+        FactorConfig(name=f.name, direction=f.direction, margin=f.margin, margin_mode=f.margin_mode)
+        for f in hierarchy.factors
+    )
+
+
+def validate(data: Any, source: str = "config") -> RunConfig:
+    """A :class:`RunConfig` from a mapping; a :class:`ConfigError` naming the first bad field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_first_error(err)}") from None
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def load(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}") from None
+    return validate(data, str(path))
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "config"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown setting"
+    if first["type"] == "missing":
+        message = "required setting is missing"
+    return f"{field}: {message}"

@@ -1,0 +1,124 @@
+"""Factorized environments, registered with Gymnasium under the ``heron/`` namespace.
+
+Environments only produce factors; they never import training code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+
+from heron.hierarchy import Factor, Hierarchy
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """What heron-rl knows about a registered factorized environment.
+
+    :param id: the Gymnasium id, ``heron/...``.
+    :param factors: names of the factors the env reports each step.
+    :param hierarchy: the default ranking, most important first.
+    :param entry_point: ``module:function`` that builds the env.
+    :param description: one line for ``heron envs``.
+    :param algorithm_defaults: tuned SB3 hyperparameters per algorithm name, used when the config
+        gives none.
+    :param eval_episodes: episodes per evaluation by default.
+    """
+
+    id: str
+    factors: tuple[str, ...]
+    hierarchy: Hierarchy
+    entry_point: str
+    description: str
+    algorithm_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "factors": list(self.factors),
+            "hierarchy": [
+                {"name": f.name, "direction": f.direction, "margin": f.margin, "margin_mode": f.margin_mode}
+                for f in self.hierarchy.factors
+            ],
+        }
+
+
+REGISTRY: dict[str, EnvInfo] = {}
+
+
+def register(info: EnvInfo) -> None:
+    """Add a factorized env to heron's registry and to Gymnasium's."""
+    REGISTRY[info.id] = info
+    if info.id not in gym.registry:
+        gym.register(id=info.id, entry_point=info.entry_point)
+
+
+_PPO_CLASSIC = {
+    "n_steps": 2048,
+    "batch_size": 64,
+    "learning_rate": 2e-3,
+    "gamma": 0.97,
+    "gae_lambda": 0.95,
+    "clip_range": 0.1,
+    "ent_coef": 0.01,
+    "policy_kwargs": {"net_arch": [32, 32]},
+}
+
+register(
+    EnvInfo(
+        id="heron/Pendulum-v1",
+        factors=("angle", "angular_velocity", "torque"),
+        hierarchy=Hierarchy(
+            [Factor("angle", "min"), Factor("angular_velocity", "min"), Factor("torque", "min")]
+        ),
+        entry_point="heron.envs.classic:make_pendulum",
+        description="Pendulum swing-up; env reward -(angle + 0.1 angular_velocity + 0.001 torque)",
+        algorithm_defaults={
+            "ppo": _PPO_CLASSIC,
+            "sac": {"learning_rate": 1e-3, "learning_starts": 1000},
+            "td3": {"learning_rate": 1e-3, "learning_starts": 1000},
+            "ddpg": {"learning_rate": 1e-3, "learning_starts": 1000},
+        },
+    )
+)
+register(
+    EnvInfo(
+        id="heron/MountainCarContinuous-v0",
+        factors=("goal", "energy"),
+        hierarchy=Hierarchy([Factor("goal", "max"), Factor("energy", "min", 1.0, "std")]),
+        entry_point="heron.envs.classic:make_mountain_car",
+        description="Mountain car, sparse goal; env reward 100 goal - 0.1 energy",
+        algorithm_defaults={
+            "ppo": {
+                "n_steps": 8,
+                "batch_size": 256,
+                "gamma": 0.9999,
+                "learning_rate": 7.77e-05,
+                "ent_coef": 0.00429,
+                "clip_range": 0.1,
+                "n_epochs": 10,
+                "gae_lambda": 0.9,
+                "max_grad_norm": 5,
+                "vf_coef": 0.19,
+                "use_sde": True,
+                "policy_kwargs": {"log_std_init": -3.29, "ortho_init": False},
+            },
+            "sac": {
+                "learning_rate": 3e-4,
+                "buffer_size": 50000,
+                "batch_size": 512,
+                "ent_coef": 0.1,
+                "train_freq": 32,
+                "gradient_steps": 32,
+                "gamma": 0.9999,
+                "tau": 0.01,
+                "learning_starts": 0,
+                "use_sde": True,
+                "policy_kwargs": {"log_std_init": -3.67, "net_arch": [64, 64]},
+            },
+        },
+    )
+)

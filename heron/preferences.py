@@ -1,0 +1,164 @@
+"""Pairs of behaviours and their labels: the recent-experience pool, units, teachers, noise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+
+from heron.hierarchy import Comparison, Hierarchy
+
+UnitKind = Literal["transition", "segment", "episode"]
+Aggregate = Literal["sum", "mean", "min", "max", "last"]
+
+
+class ExperiencePool:
+    """A ring buffer of the most recent steps of every env, time-major: shape (capacity, n_envs, ...).
+
+    :param capacity: steps kept per env.
+    :param n_envs: parallel environments.
+    :param widths: width of each stored field, e.g. ``{"obs": 3, "action": 1, "factors": 3}``.
+    """
+
+    def __init__(self, capacity: int, n_envs: int, widths: dict[str, int]) -> None:
+        self.capacity = capacity
+        self.n_envs = n_envs
+        self.fields = {k: np.zeros((capacity, n_envs, w), dtype=np.float32) for k, w in widths.items()}
+        self.dones = np.zeros((capacity, n_envs), dtype=bool)
+        self.starts = np.zeros((capacity, n_envs), dtype=bool)
+        self.count = 0
+        self._next_is_start = np.ones(n_envs, dtype=bool)
+
+    def add(self, dones: np.ndarray, **values: np.ndarray) -> None:
+        """Append one vector step: each field has shape (n_envs, width)."""
+        t = self.count % self.capacity
+        for name, array in self.fields.items():
+            array[t] = values[name].reshape(self.n_envs, -1)
+        self.dones[t] = dones
+        self.starts[t] = self._next_is_start
+        self._next_is_start = np.asarray(dones, dtype=bool).copy()
+        self.count += 1
+
+    @property
+    def size(self) -> int:
+        """Steps held per env."""
+        return min(self.count, self.capacity)
+
+    def chronological(self) -> np.ndarray:
+        """Physical time indices of the held steps, oldest first."""
+        return (np.arange(self.count - self.size, self.count)) % self.capacity
+
+    def recent_rows(self, steps: int) -> np.ndarray:
+        """Flat row indices (t * n_envs + e) of the last ``steps`` vector steps, time-major."""
+        times = self.chronological()[-steps:]
+        return (times[:, None] * self.n_envs + np.arange(self.n_envs)).reshape(-1)
+
+    def flat(self, name: str) -> np.ndarray:
+        """A field as (capacity * n_envs, width) rows."""
+        return self.fields[name].reshape(self.capacity * self.n_envs, -1)
+
+    def units(self, kind: UnitKind, segment_length: int = 25) -> np.ndarray:
+        """Row indices of each unit, shape (U, L), padded with -1."""
+        times = self.chronological()
+        n_envs = self.n_envs
+        if kind == "transition":
+            return (times[:, None] * n_envs + np.arange(n_envs)).reshape(-1, 1)
+        dones = self.dones[times]  # (T, E), oldest first
+        if kind == "segment":
+            length = segment_length
+            if len(times) < length:
+                return np.zeros((0, length), dtype=np.int64)
+            # A window may end with a done but must not contain one earlier.
+            csum = np.concatenate([np.zeros((1, n_envs), dtype=np.int64), np.cumsum(dones, axis=0)])
+            n_windows = len(times) - length + 1
+            inner = csum[length - 1 : length - 1 + n_windows] - csum[:n_windows]
+            start, env = np.nonzero(inner == 0)
+            steps = times[start[:, None] + np.arange(length)]
+            return steps * n_envs + env[:, None]
+        starts = self.starts[times]
+        first, last, env = [], [], []
+        for e in range(n_envs):
+            s_idx = np.flatnonzero(starts[:, e])
+            d_idx = np.flatnonzero(dones[:, e])
+            if len(s_idx) == 0 or len(d_idx) == 0:
+                continue
+            # Each done closes the episode opened by the latest start at or before it.
+            opener = np.searchsorted(s_idx, d_idx, side="right") - 1
+            ok = opener >= 0
+            # Episodes already open when the pool's window begins are incomplete.
+            first.append(s_idx[opener[ok]])
+            last.append(d_idx[ok])
+            env.append(np.full(int(ok.sum()), e))
+        if not first:
+            return np.zeros((0, 1), dtype=np.int64)
+        f, la, en = np.concatenate(first), np.concatenate(last), np.concatenate(env)
+        length = int((la - f).max()) + 1
+        offsets = f[:, None] + np.arange(length)
+        valid = offsets <= la[:, None]
+        steps = times[np.minimum(offsets, len(times) - 1)]
+        return np.where(valid, steps * n_envs + en[:, None], -1)
+
+
+def aggregate(values: np.ndarray, index: np.ndarray, how: Aggregate) -> np.ndarray:
+    """Per-unit aggregate of step values (R, K) over the unit index (U, L) padded with -1."""
+    mask = (index >= 0)[..., None]
+    gathered = values[np.maximum(index, 0)]
+    if how == "sum":
+        return np.where(mask, gathered, 0).sum(axis=1)
+    if how == "mean":
+        return np.where(mask, gathered, 0).sum(axis=1) / mask.sum(axis=1)
+    if how == "min":
+        return np.where(mask, gathered, np.inf).min(axis=1)
+    if how == "max":
+        return np.where(mask, gathered, -np.inf).max(axis=1)
+    last = mask[..., 0].sum(axis=1) - 1
+    return gathered[np.arange(len(index)), last]
+
+
+class Teacher(Protocol):
+    """Labels pairs of aggregated factor vectors."""
+
+    def label(self, za: np.ndarray, zb: np.ndarray, scale: np.ndarray) -> Comparison: ...
+
+
+@dataclass(frozen=True)
+class HierarchyTeacher:
+    """HERON's teacher: the decision tree of a ranking."""
+
+    hierarchy: Hierarchy
+
+    def label(self, za: np.ndarray, zb: np.ndarray, scale: np.ndarray) -> Comparison:
+        return self.hierarchy.compare_detailed(za, zb, scale)
+
+
+@dataclass(frozen=True)
+class WeightedSumTeacher:
+    """Classic synthetic RLHF: prefer the unit with the larger weighted factor sum (ties unlabeled).
+
+    :param weights: signed weight per factor, in the factor matrix's column order.
+    """
+
+    weights: np.ndarray
+
+    def label(self, za: np.ndarray, zb: np.ndarray, scale: np.ndarray) -> Comparison:
+        gap = (za - zb) @ self.weights
+        finite = np.isfinite(gap)
+        labels = np.where(finite, np.sign(gap), 0).astype(np.int8)
+        return Comparison(labels, np.where(labels != 0, 0, -1), ~finite)
+
+
+def sample_pairs(n_units: int, n_pairs: int, rng: np.random.Generator) -> np.ndarray:
+    """Random pairs of distinct unit indices, shape (P, 2) (empty when fewer than two units)."""
+    if n_units < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    first = rng.integers(0, n_units, n_pairs)
+    second = (first + rng.integers(1, n_units, n_pairs)) % n_units
+    return np.stack([first, second], axis=1)
+
+
+def flip(labels: np.ndarray, probability: float, rng: np.random.Generator) -> np.ndarray:
+    """Teacher noise: each label flipped with the given probability."""
+    if probability <= 0:
+        return labels
+    return np.where(rng.random(len(labels)) < probability, -labels, labels).astype(labels.dtype)

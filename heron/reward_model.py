@@ -1,0 +1,221 @@
+"""Bradley-Terry reward model: tensors in, rewards out. It knows nothing of SB3 or Gymnasium."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from heron.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Units:
+    """Behaviours to compare, as rows of a feature matrix.
+
+    :param rows: features of every step, shape (R, D).
+    :param index: row indices of each unit's steps, shape (U, L), padded with -1.
+    """
+
+    rows: torch.Tensor
+    index: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.index >= 0
+
+
+@dataclass
+class FitStats:
+    """What one refit did: Bradley-Terry loss, pair accuracy before and after training."""
+
+    loss: float
+    accuracy_before: float
+    accuracy_after: float
+    pairs: int
+
+
+class RewardModel(nn.Module):
+    """An MLP (or an ensemble of MLPs run as one batched network) scoring single steps.
+
+    The reward of a unit (a transition, segment or episode) is the sum of its steps' scores.
+    ``reward()`` returns the ensemble mean, standardized with statistics refreshed by the trainer.
+
+    :param input_dim: width of a step's feature vector.
+    :param hidden: hidden layer widths.
+    :param ensemble: number of members, trained on the same pairs from different initializations.
+    :param normalize: standardize the output to zero mean, unit std over the latest training data.
+    """
+
+    def __init__(
+        self, input_dim: int, hidden: Sequence[int] = (256, 256), ensemble: int = 1, normalize: bool = True
+    ) -> None:
+        super().__init__()
+        if input_dim < 1:
+            raise ConfigError(f"reward_model: input_dim must be >= 1, got {input_dim}")
+        if ensemble < 1:
+            raise ConfigError(f"reward_model.ensemble must be >= 1, got {ensemble}")
+        self.config = {
+            "input_dim": int(input_dim),
+            "hidden": [int(h) for h in hidden],
+            "ensemble": int(ensemble),
+            "normalize": bool(normalize),
+        }
+        widths = [input_dim, *self.config["hidden"], 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+            w = torch.empty(ensemble, fan_in, fan_out)
+            for member in w:
+                nn.init.kaiming_uniform_(member.T, a=5**0.5)
+            bound = 1 / fan_in**0.5
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.empty(ensemble, 1, fan_out).uniform_(-bound, bound)))
+        self.register_buffer("out_mean", torch.zeros(()))
+        self.register_buffer("out_std", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw scores of every member, shape (E, N)."""
+        h = x.unsqueeze(0).expand(len(self.weights[0]), -1, -1)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = torch.baddbmm(b, h, w)
+            if i < last:
+                h = F.relu(h)
+        return h.squeeze(-1)
+
+    @torch.no_grad()
+    def reward(self, x: torch.Tensor, chunk: int = 65_536) -> torch.Tensor:
+        """Per-step learned reward (ensemble mean, standardized), shape (N,)."""
+        out = torch.cat([self(part).mean(0) for part in x.split(chunk)]) if len(x) else x.new_zeros(0)
+        if self.config["normalize"]:
+            out = (out - self.out_mean) / self.out_std
+        return out
+
+    @torch.no_grad()
+    def refresh_normalization(self, x: torch.Tensor) -> None:
+        """Set the output statistics from the raw ensemble-mean scores of ``x``."""
+        raw = torch.cat([self(part).mean(0) for part in x.split(65_536)])
+        self.out_mean.copy_(raw.mean())
+        self.out_std.copy_(raw.std().clamp_min(1e-6) if len(raw) > 1 else torch.ones(()))
+
+    def unit_scores(self, units: Units, which: torch.Tensor) -> torch.Tensor:
+        """Summed raw scores of the chosen units, shape (E, len(which)): one forward pass."""
+        index = units.index[which]
+        mask = index >= 0
+        scores = self(units.rows[index.clamp_min(0).reshape(-1)]).reshape(-1, *index.shape)
+        return (scores * mask).sum(-1)
+
+    def save(self, path: str | Path) -> None:
+        """Write the weights and architecture to a safetensors file (no pickle)."""
+        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(path), metadata={"config": json.dumps(self.config)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> RewardModel:
+        """Rebuild a model saved with :meth:`save`."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if "config" not in meta:
+            raise ConfigError(f"{path}: not a heron reward model (no config metadata)")
+        model = cls(**json.loads(meta["config"]))
+        model.load_state_dict(load_file(str(path)))
+        return model
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Bradley-Terry optimisation settings.
+
+    :param lr: Adam learning rate.
+    :param weight_decay: L2 penalty; keeps the unbounded Bradley-Terry optimum in check.
+    :param epochs: passes over the labeled pairs per refit.
+    :param batch_size: pairs per minibatch.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    epochs: int = 2
+    batch_size: int = 256
+
+
+class BradleyTerryTrainer:
+    """Fits a :class:`RewardModel` on labeled pairs, one batched forward/backward per minibatch."""
+
+    def __init__(self, model: RewardModel, config: TrainerConfig, seed: int = 0) -> None:
+        self.model = model
+        self.config = config
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def fit(self, units: Units, pairs: torch.Tensor, labels: torch.Tensor) -> FitStats:
+        """Train on pairs of unit indices (P, 2) with labels +1 (first preferred) or -1.
+
+        Pairs labeled 0 must be dropped by the caller. Accuracy before training measures how well
+        the model predicted preferences it had not seen.
+        """
+        if len(pairs) == 0:
+            return FitStats(float("nan"), float("nan"), float("nan"), 0)
+        # Order every pair as (winner, loser).
+        winners = torch.where(labels > 0, pairs[:, 0], pairs[:, 1])
+        losers = torch.where(labels > 0, pairs[:, 1], pairs[:, 0])
+        before = self.accuracy(units, winners, losers)
+        self.model.train()
+        losses = []
+        for _ in range(self.config.epochs):
+            order = torch.randperm(len(winners), generator=self.generator)
+            for batch in order.split(self.config.batch_size):
+                margin = self._margins(units, winners[batch], losers[batch])
+                loss = -F.logsigmoid(margin).mean()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                losses.append(loss.detach())
+        self.model.eval()
+        after = self.accuracy(units, winners, losers)
+        return FitStats(float(torch.stack(losses).mean()), before, after, len(winners))
+
+    def _margins(self, units: Units, winners: torch.Tensor, losers: torch.Tensor) -> torch.Tensor:
+        scores = self.model.unit_scores(units, torch.cat([winners, losers]))
+        return scores[:, : len(winners)] - scores[:, len(winners) :]
+
+    @torch.no_grad()
+    def accuracy(self, units: Units, winners: torch.Tensor, losers: torch.Tensor) -> float:
+        """Share of (winner, loser) pairs the ensemble-mean model orders correctly."""
+        if len(winners) == 0:
+            return float("nan")
+        correct = sum(
+            int((self._margins(units, w, lo).mean(0) > 0).sum())
+            for w, lo in zip(winners.split(8192), losers.split(8192), strict=True)
+        )
+        return correct / len(winners)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        self.generator.set_state(state["generator"])  # type: ignore[arg-type]
+
+
+def trainer_config(**kwargs: object) -> TrainerConfig:
+    """A :class:`TrainerConfig` from keyword settings (unknown keys rejected)."""
+    known = set(asdict(TrainerConfig()))
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ConfigError(f"reward_model: unknown setting {unknown[0]!r}")
+    return TrainerConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    """float32 torch view of a numpy array."""
+    return torch.as_tensor(np.asarray(array, dtype=np.float32))
