@@ -193,10 +193,10 @@ def load(path: str | Path) -> RunConfig:
 
 def _first_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "config"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown setting"
     if first["type"] == "missing":
         message = "required setting is missing"
-    return f"{field}: {message}"
+    field = ".".join(str(p) for p in first["loc"])
+    return f"{field}: {message}" if field else message

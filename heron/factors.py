@@ -74,12 +74,12 @@ def read_factors(info: Mapping[str, Any], names: list[str], where: str = "env") 
         raise FactorError(f"{where} reported a factor that is not a number: {dict(reported)!r}") from None
 
 
-def probe_factor_names(env: gym.Env, seed: int = 0) -> list[str]:
+def probe_factor_names(env: gym.Env, seed: int = 0, where: str = "env") -> list[str]:
     """Reset the env and take one random step to learn which factors it reports."""
     env.reset(seed=seed)
     env.action_space.seed(seed)
     *_, info = env.step(env.action_space.sample())
     reported = info.get("factors")
     if not isinstance(reported, Mapping) or not reported:
-        raise FactorError("env reports no info['factors']: wrap it with heron.FactorWrapper")
+        raise FactorError(f"{where} reports no info['factors']: wrap it with heron.FactorWrapper")
     return list(reported)

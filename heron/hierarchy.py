@@ -167,10 +167,15 @@ class Hierarchy:
         labels = np.empty(n, dtype=np.int8)
         levels = np.empty(n, dtype=np.int64)
         nonfinite = np.empty(n, dtype=bool)
+        # The margins repeated row after row, shared by every chunk: flat comparisons against them
+        # run as one long contiguous loop instead of one short broadcast loop per row.
+        flat_margins = np.tile(margins, min(n, _CHUNK)) if len(self) <= _WORD else None
 
         def run(start: int) -> None:
             part = slice(start, start + _CHUNK)
-            _label_chunk(za[part], zb[part], signs, margins, labels[part], levels[part], nonfinite[part])
+            _label_chunk(
+                za[part], zb[part], signs, margins, labels[part], levels[part], nonfinite[part], flat_margins
+            )
 
         starts = range(0, n, _CHUNK)
         if n > 2 * _CHUNK:
@@ -225,11 +230,66 @@ def _label_chunk(
     labels: np.ndarray,
     levels: np.ndarray,
     nonfinite: np.ndarray,
+    flat_margins: np.ndarray | None = None,
 ) -> None:
-    """Decision tree over one chunk of pairs, written into the output views."""
+    """Decision tree over one chunk of pairs, written into the output views.
+
+    A level stops the descent when it decides or when its value is unusable: ``not |gap| <= margin``
+    (NaN compares False). The sign of a level never changes whether it stops (``|s * gap| == |gap|``
+    and ``s * gap`` is finite where ``gap`` is, for ``s = +-1``), so the direction is applied only to
+    the deciding gap.
+    """
+    n, k = za.shape
+    if k > _WORD:
+        _label_chunk_wide(za, zb, signs, margins, labels, levels, nonfinite)
+        return
+    if flat_margins is None:
+        flat_margins = np.tile(margins, n)
+    gap = np.subtract(za, zb, order="C").reshape(-1)
+    # One byte per level (1 where the level ties), rows back to back, 8 bytes of padding at the end.
+    ties = np.empty(n * k + _WORD, dtype=np.uint8)
+    ties[n * k :] = 0
+    np.less_equal(np.abs(gap), flat_margins[: n * k], out=ties[: n * k].view(bool))
+    # Each row's bytes read as one little-endian word (unaligned, overlapping the next row, masked
+    # off); flipping the low bit of each of the k bytes turns "ties" into "stops".
+    words = np.ndarray((n,), dtype="<u8", buffer=ties, strides=(k,))
+    stops = words & np.uint64((1 << (8 * k)) - 1)
+    stops ^= np.uint64(int.from_bytes(b"\x01" * k, "little"))
+    # The lowest set bit is 2 ** (8 * level); multiplying by _FIRST_BYTE moves level + 1 into the
+    # top byte, and 0 (no level stops) gives 0, hence level -1.
+    stops &= ~stops + np.uint64(1)
+    stops *= _FIRST_BYTE
+    stops >>= np.uint64(56)
+    level = stops.astype(np.int64)
+    level -= 1
+    reached = level >= 0
+    at = np.maximum(level, 0)
+    deciding_gap = gap.take(np.arange(0, n * k, k) + at)
+    finite = np.isfinite(deciding_gap)
+    decided = reached & finite
+    direction = np.sign(deciding_gap)
+    direction *= signs.take(at)
+    labels[:] = np.where(decided, direction, 0)
+    levels[:] = np.where(decided, level, -1)
+    nonfinite[:] = reached & ~finite
+
+
+_WORD = 8  # levels handled by the one-word-per-row path of _label_chunk
+_FIRST_BYTE = np.uint64(sum((_WORD - i) << (8 * i) for i in range(_WORD)))
+
+
+def _label_chunk_wide(
+    za: np.ndarray,
+    zb: np.ndarray,
+    signs: np.ndarray,
+    margins: np.ndarray,
+    labels: np.ndarray,
+    levels: np.ndarray,
+    nonfinite: np.ndarray,
+) -> None:
+    """Decision tree over one chunk of pairs for hierarchies of more than 8 levels."""
     gap = za - zb
     gap *= signs
-    # A level stops the descent when it decides or when its value is unusable (NaN compares False).
     stops = ~(np.abs(gap) <= margins)
     level = stops.argmax(axis=1)
     rows = np.arange(len(gap))

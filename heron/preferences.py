@@ -51,7 +51,8 @@ class ExperiencePool:
 
     def recent_rows(self, steps: int) -> np.ndarray:
         """Flat row indices (t * n_envs + e) of the last ``steps`` vector steps, time-major."""
-        times = self.chronological()[-steps:]
+        times = self.chronological()
+        times = times[max(len(times) - steps, 0) :]
         return (times[:, None] * self.n_envs + np.arange(self.n_envs)).reshape(-1)
 
     def flat(self, name: str) -> np.ndarray:
@@ -90,9 +91,10 @@ class ExperiencePool:
             first.append(s_idx[opener[ok]])
             last.append(d_idx[ok])
             env.append(np.full(int(ok.sum()), e))
-        if not first:
+        f = np.concatenate(first) if first else np.zeros(0, dtype=np.int64)
+        if len(f) == 0:
             return np.zeros((0, 1), dtype=np.int64)
-        f, la, en = np.concatenate(first), np.concatenate(last), np.concatenate(env)
+        la, en = np.concatenate(last), np.concatenate(env)
         length = int((la - f).max()) + 1
         offsets = f[:, None] + np.arange(length)
         valid = offsets <= la[:, None]

@@ -31,7 +31,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
 from heron import report
 from heron.config import RunConfig, from_hierarchy, to_hierarchy, validate
 from heron.envs import REGISTRY
-from heron.errors import ConfigError, FactorError
+from heron.errors import ConfigError
 from heron.factors import probe_factor_names, read_factors
 from heron.hierarchy import Factor, Hierarchy, finite_std
 from heron.preferences import (
@@ -255,9 +255,10 @@ class HeronCallback(BaseCallback):
         stats = self.run.trainer.fit(
             units, torch.from_numpy(pairs[keep]), torch.from_numpy(labels[keep].astype(np.int64))
         )
-        self.run.reward_model.refresh_normalization(
-            rows[torch.from_numpy(self.pool.recent_rows(self.pool.size))]
-        )
+        if stats.pairs:
+            # Keep the scale of the previous fit when nothing was learned (every pair tied).
+            recent = torch.from_numpy(self.pool.recent_rows(self.pool.size))
+            self.run.reward_model.refresh_normalization(rows[recent])
         shares = result.level_shares(len(self.run.factor_names))
         self.diagnostics = {
             "rm_accuracy": stats.accuracy_before,
@@ -506,9 +507,7 @@ def _prepare(cfg: RunConfig, env: EnvSpec, run_dir: Path | None, progress: bool)
     env_fn, env_name = _env_factory(env, cfg.env_kwargs)
     probe = env_fn()
     try:
-        factor_names = probe_factor_names(probe, cfg.seed)
-    except FactorError as err:
-        raise FactorError(f"env {env_name}: {err}") from None
+        factor_names = probe_factor_names(probe, cfg.seed, f"env {env_name}")
     finally:
         probe.close()
     if cfg.hierarchy is not None:

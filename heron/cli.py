@@ -1,0 +1,140 @@
+"""``heron``: a thin command-line face over the Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from heron.errors import ConfigError
+
+app = typer.Typer(
+    help="heron-rl: train Stable-Baselines3 agents from a ranking of reward factors (HERON).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_line_errors(fn: F) -> F:
+    """Bad input ends the command with exit code 2 and one line on stderr, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@_one_line_errors
+def train(
+    config: Annotated[Path | None, typer.Argument(help="YAML run config.", show_default=False)] = None,
+    method: Annotated[str | None, typer.Option(help="heron, ground-truth, weighted-sum or flat-preference.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    total_timesteps: Annotated[int | None, typer.Option(help="Env steps to train for.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<config>-<method>-s<seed>-<time>).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train one agent from a config file (or resume an interrupted run)."""
+    from heron import config as configs
+    from heron.training import resume as resume_run
+    from heron.training import run_config
+
+    if resume is not None:
+        if config is not None:
+            raise ConfigError("give either CONFIG or --resume RUN_DIR, not both")
+        result = resume_run(resume, progress=progress)
+    else:
+        if config is None:
+            raise ConfigError("missing CONFIG (a YAML run config) or --resume RUN_DIR")
+        cfg = configs.load(config)
+        overrides = {"method": method, "seed": seed, "total_timesteps": total_timesteps}
+        data = cfg.model_dump(mode="json") | {k: v for k, v in overrides.items() if v is not None}
+        cfg = configs.validate(data, str(config))
+        if out is None:
+            out = Path("runs") / f"{config.stem}-{cfg.method}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        result = run_config(cfg, out=out, progress=progress)
+    last = result.metrics[-1]
+    console.print(
+        f"final ground-truth return {last['return_mean']:.1f} ± {last['return_std']:.1f} "
+        f"after {int(last['step'])} steps; run files in {result.run_dir}"
+    )
+
+
+@app.command()
+@_one_line_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo's runs and plot go.")] = Path("runs/demo"),
+    total_timesteps: Annotated[int, typer.Option(help="Env steps per method.", min=1)] = 50_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train heron, weighted-sum (equal weights) and ground-truth on Pendulum and compare them."""
+    from heron.demo import DEMO_ENV, DEMO_METHODS, run_demo
+
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"out: {out} is not empty (pass --out to choose another directory)")
+    console.print(f"[bold]heron demo[/]: PPO on {DEMO_ENV}, {total_timesteps} steps each, "
+                  f"methods {', '.join(DEMO_METHODS)}")
+    rows, plot = run_demo(out, total_timesteps, seed, progress)
+    table = Table(title=f"{DEMO_ENV}: final evaluation (ground-truth return; factor totals per episode, lower is better)")
+    table.add_column("method")
+    table.add_column("return", justify="right")
+    for name in rows[0].factors:
+        table.add_column(name, justify="right")
+    table.add_column("pair acc.", justify="right")
+    table.add_column("wall-clock", justify="right")
+    for row in rows:
+        table.add_row(
+            row.method,
+            f"{row.final_return:.1f} ± {row.return_std:.1f}",
+            *(f"{v:.1f}" for v in row.factors.values()),
+            "-" if row.rm_accuracy is None else f"{row.rm_accuracy:.2f}",
+            f"{row.wall_clock_s:.1f} s",
+        )
+    console.print(table)
+    console.print(f"plot: {plot}")
+
+
+@app.command()
+def envs(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
+) -> None:
+    """List the registered factorized environments, their factors and default rankings."""
+    from heron.envs import REGISTRY
+
+    if as_json:
+        print(json.dumps([info.as_json() for info in REGISTRY.values()], indent=2))
+        return
+    table = Table(title="factorized environments")
+    table.add_column("id")
+    table.add_column("factors")
+    table.add_column("default ranking (most important first)")
+    table.add_column("description")
+    for info in REGISTRY.values():
+        ranking = " > ".join(
+            f"{f.name} ({f.direction}{'' if f.margin == 0 else f', margin {f.margin:g} {f.margin_mode}'})"
+            for f in info.hierarchy.factors
+        )
+        table.add_row(info.id, ", ".join(info.factors), ranking, info.description)
+    console.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,241 @@
+"""The online loop on SB3: methods, algorithms, relabeling, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import heron
+from heron.training import _Features
+from tests.envs import BANDIT_FACTORS, LEX_OPTIMUM, ContextualBandit
+
+BANDIT = "heron_test/ContextualBandit-v0"
+BANDIT_HIERARCHY = [heron.Factor("primary", "max"), heron.Factor("secondary", "max")]
+BANDIT_PPO = {"n_steps": 256, "batch_size": 64, "learning_rate": 3e-3, "ent_coef": 0.01, "gamma": 0.0}
+
+
+def greedy_actions(model) -> list[int]:
+    obs = np.eye(2, dtype=np.float32)
+    actions, _ = model.predict(obs, deterministic=True)
+    return [int(a) for a in actions]
+
+
+@pytest.mark.parametrize("method", ["heron", "weighted-sum"])
+def test_bandit_lexicographic_optimum(method: str) -> None:
+    """A ranking reaches the lexicographic optimum where equal weights do not."""
+    result = heron.train(
+        BANDIT,
+        BANDIT_HIERARCHY,
+        method=method,
+        total_timesteps=6144,
+        seed=1,
+        algorithm_kwargs=BANDIT_PPO,
+        eval={"every": 1024, "episodes": 20},
+    )
+    actions = greedy_actions(result.model)
+    if method == "heron":
+        assert tuple(actions) == LEX_OPTIMUM
+        assert result.final_return == pytest.approx(1.0)
+        assert result.reward_model is not None
+        assert max(m["pairs_labeled"] for m in result.metrics) > 0
+        last = result.metrics[-1]
+        assert last["decided/primary"] + last["decided/secondary"] + last["unlabeled"] == pytest.approx(1.0)
+    else:
+        assert actions == [2, 2]
+        assert result.reward_model is None
+        assert result.final_return == pytest.approx(0.8)
+
+
+def test_bandit_reward_model_is_state_dependent() -> None:
+    """The default state-action reward model ranks actions differently in each context."""
+    result = heron.train(
+        BANDIT, BANDIT_HIERARCHY, total_timesteps=2048, seed=0, algorithm_kwargs=BANDIT_PPO, eval={"episodes": 2}
+    )
+    env = ContextualBandit()
+    feats = _Features(env.observation_space, env.action_space, 2, ("obs", "action"))
+    obs = np.repeat(np.eye(2, dtype=np.float32), 3, axis=0)
+    actions = np.tile(np.arange(3), 2)
+    rows = feats.rows({"obs": obs, "action": feats.encode(env.action_space, actions, 6)})
+    rewards = result.reward_model.reward(rows).numpy().reshape(2, 3)
+    assert rewards.argmax(axis=1).tolist() == list(LEX_OPTIMUM)
+    # Within a context the reward follows the lexicographic order of the factors.
+    for context in range(2):
+        lex = sorted(range(3), key=lambda a: tuple(BANDIT_FACTORS[context, a]))
+        assert np.argsort(rewards[context]).tolist() == lex
+
+
+def _pendulum(algorithm: str, **extra):
+    kwargs = {"ppo": {"n_steps": 256, "batch_size": 64}, "a2c": {"n_steps": 32}}.get(
+        algorithm, {"learning_starts": 200, "buffer_size": 5000, "train_freq": 4, "gradient_steps": 1}
+    )
+    return heron.train(
+        "heron/Pendulum-v1",
+        algorithm=algorithm,
+        total_timesteps=800,
+        seed=0,
+        algorithm_kwargs=kwargs,
+        comparison={"pairs": 256, "update_every": 300, "pool_steps": 1000},
+        reward_model={"hidden": [32, 32]},
+        eval={"every": 400, "episodes": 1},
+        **extra,
+    )
+
+
+def _learned_rewards(result: heron.TrainResult, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    env = result.model.get_env()
+    feats = _Features(env.observation_space, env.action_space, 3, ("obs", "action"))
+    n = len(obs)
+    rows = feats.rows({"obs": feats.encode(env.observation_space, obs, n),
+                       "action": feats.encode(env.action_space, actions, n)})
+    return result.reward_model.reward(rows).numpy()
+
+
+@pytest.mark.parametrize("algorithm", ["sac", "td3", "ddpg"])
+def test_off_policy_replay_buffer_relabeled(algorithm: str) -> None:
+    """After training, every stored reward is the current reward model's, old rows included."""
+    result = _pendulum(algorithm)
+    buffer = result.model.replay_buffer
+    assert buffer.pos == 800 and not buffer.full
+    obs = buffer.observations[:800].reshape(800, -1)
+    actions = result.model.policy.unscale_action(buffer.actions[:800].reshape(800, -1))
+    expected = _learned_rewards(result, obs, actions)
+    np.testing.assert_allclose(buffer.rewards[:800, 0], expected, rtol=1e-4, atol=1e-4)
+    # The model was refit more than once, so the early rows were relabeled, not frozen.
+    assert len([m for m in result.metrics if not np.isnan(m.get("rm_loss", np.nan))]) >= 1
+    assert np.std(buffer.rewards[:800, 0]) == pytest.approx(1.0, abs=0.5)
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "a2c"])
+def test_on_policy_rollout_uses_learned_reward(algorithm: str) -> None:
+    """The last rollout's stored rewards are the learned reward (plus SB3's timeout bootstrap)."""
+    result = _pendulum(algorithm)
+    buffer = result.model.rollout_buffer
+    n = buffer.buffer_size
+    obs = buffer.observations.reshape(n, -1)
+    # Pendulum truncates at 200 steps: the bootstrap only touches those rows.
+    actions = np.clip(buffer.actions.reshape(n, -1), -2, 2)
+    expected = _learned_rewards(result, obs, actions)
+    steps = result.model.num_timesteps - n + np.arange(n) + 1
+    plain = steps % 200 != 0
+    np.testing.assert_allclose(buffer.rewards[plain, 0], expected[plain], rtol=1e-4, atol=1e-4)
+
+
+def test_dqn_and_flat_preference_run() -> None:
+    result = heron.train(
+        BANDIT,
+        BANDIT_HIERARCHY,
+        algorithm="dqn",
+        method="flat-preference",
+        total_timesteps=600,
+        seed=0,
+        algorithm_kwargs={"learning_starts": 100, "buffer_size": 1000},
+        comparison={"update_every": 200, "pairs": 256},
+        eval={"episodes": 2},
+    )
+    assert result.reward_model is not None
+    assert result.metrics[-1]["step"] == 600
+
+
+def test_ground_truth_sees_env_reward_and_weighted_sum_sees_weights() -> None:
+    gt = heron.train(BANDIT, BANDIT_HIERARCHY, method="ground-truth", total_timesteps=3072, seed=0,
+                     algorithm_kwargs=BANDIT_PPO, eval={"episodes": 20})
+    assert greedy_actions(gt.model) == list(LEX_OPTIMUM) or gt.final_return >= 0.8
+    ws = heron.train(BANDIT, BANDIT_HIERARCHY, method="weighted-sum", weights={"secondary": 0.0},
+                     total_timesteps=3072, seed=0, algorithm_kwargs=BANDIT_PPO, eval={"episodes": 20})
+    assert greedy_actions(ws.model) == list(LEX_OPTIMUM)
+
+
+@pytest.mark.parametrize("unit", ["segment", "episode"])
+def test_segment_and_episode_units(unit: str) -> None:
+    result = heron.train(
+        "heron/Pendulum-v1",
+        total_timesteps=1024,
+        seed=0,
+        algorithm_kwargs={"n_steps": 512, "batch_size": 64},
+        comparison={"unit": unit, "segment_length": 20, "aggregate": "mean", "pairs": 128, "pool_steps": 1024},
+        reward_model={"hidden": [32]},
+        eval={"episodes": 1},
+    )
+    assert result.metrics[-1]["pairs_labeled"] > 0
+
+
+def test_env_object_and_callable_accepted() -> None:
+    for env in (ContextualBandit(), ContextualBandit):
+        result = heron.train(env, BANDIT_HIERARCHY, total_timesteps=256, algorithm_kwargs=BANDIT_PPO,
+                             eval={"episodes": 1})
+        assert result.metrics[-1]["step"] == 256
+
+
+def test_missing_factor_mid_run_raises() -> None:
+    with pytest.raises(heron.FactorError, match="did not report factor 'torque'"):
+        heron.train("heron_test/PendulumDropsTorque-v0", ["angle", "torque"], total_timesteps=1024,
+                    algorithm_kwargs={"n_steps": 512, "batch_size": 64})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"hierarchy": ["nope"]}, "factor 'nope' is not reported"),
+        ({"algorithm": "foo"}, "unknown algorithm"),
+        ({"method": "magic"}, "unknown method"),
+        ({"total_timesteps": 0}, "total_timesteps"),
+        ({"weights": {"ghost": 1.0}}, "weights: factor 'ghost'"),
+        ({"comparison": {"unit": "decade"}}, "comparison.unit"),
+        ({"reward_model": {"inputs": []}}, "reward_model.inputs"),
+        ({"algorithm_kwargs": {"n_stepz": 3}}, "algorithm_kwargs"),
+    ],
+)
+def test_bad_arguments_raise_config_error(kwargs: dict, match: str) -> None:
+    args = {"total_timesteps": 100, **kwargs}
+    hierarchy = args.pop("hierarchy", None)
+    with pytest.raises(heron.ConfigError, match=match):
+        heron.train("heron/Pendulum-v1", hierarchy, **args)
+
+
+def test_unknown_env_and_env_without_factors() -> None:
+    with pytest.raises(heron.ConfigError, match="unknown environment"):
+        heron.train("NoSuchEnv-v9", ["a"], total_timesteps=10)
+    with pytest.raises(heron.FactorError, match="reports no info"):
+        heron.train("Pendulum-v1", ["a"], total_timesteps=10)
+    with pytest.raises(heron.ConfigError, match="hierarchy: required"):
+        heron.train(lambda: gym.make("heron/Pendulum-v1"), total_timesteps=10)
+
+
+def test_run_directory_and_checkpoint_round_trip(tmp_path) -> None:
+    out = tmp_path / "run"
+    result = _pendulum("sac", out=out)
+    for name in ("config.yaml", "metrics.csv", "learning_curve.png", "policy.zip", "reward_model.safetensors"):
+        assert (out / name).exists(), name
+    assert any((out / "tb").rglob("events.out.tfevents*"))
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    for column in ("step", "return_mean", "factor/angle", "rm_accuracy", "decided/angle", "unlabeled"):
+        assert column in header
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["complete"] and state["num_timesteps"] == 800
+    loaded = heron.RewardModel.load(out / "reward_model.safetensors")
+    x = torch.randn(16, loaded.config["input_dim"])
+    torch.testing.assert_close(loaded.reward(x), result.reward_model.reward(x))
+    with pytest.raises(heron.ConfigError, match="already holds a run"):
+        _pendulum("sac", out=out)
+
+
+def test_resume_continues_from_checkpoint(tmp_path) -> None:
+    out = tmp_path / "run"
+    _pendulum("ppo", out=out)
+    state_file = out / "checkpoints" / "state.json"
+    # Extend the finished run's budget, as if it had been interrupted before reaching it.
+    config = (out / "config.yaml").read_text().replace("total_timesteps: 800", "total_timesteps: 1200")
+    (out / "config.yaml").write_text(config)
+    state = json.loads(state_file.read_text())
+    state["complete"] = False
+    state_file.write_text(json.dumps(state))
+    result = heron.resume(out)
+    steps = [int(m["step"]) for m in result.metrics]
+    # PPO trains in whole rollouts of 256 steps: 1024 before the restart, one more rollout after it.
+    assert steps == [400, 800, 1024, 1280]
+    assert result.model.num_timesteps == 1280
+    assert json.loads(state_file.read_text())["complete"]
