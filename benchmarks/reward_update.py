@@ -75,7 +75,7 @@ def loop_train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return statistics.fmean(losses)
 
 
