@@ -5,6 +5,7 @@ Run as ``python benchmarks/labeling.py``. Prints one table from one run.
 * heron: ``Hierarchy.compare`` on N = 1,000,000 pairs of K = 6 factors (float64, then the same
   data as float32), ``scale=None`` so the standard deviations of the "std"-margin levels are
   computed over the batch on every call. One warm-up call, then the median of several repeats.
+  An extra row passes ``scale`` precomputed, to show the decision tree without the std pass.
 * loop: the same decision tree written as a pure-Python loop over pairs (including the pure-Python
   standard deviation of the "std" levels and the ``tolist()`` conversion of the inputs), timed on a
   smaller N and extrapolated per pair. Its labels are checked against heron's on that smaller N.
@@ -20,7 +21,7 @@ import time
 
 import numpy as np
 
-from heron.hierarchy import Factor, Hierarchy
+from heron.hierarchy import Factor, Hierarchy, finite_std
 
 TARGET = 20e6  # pairs/s, float64, on 2 cores
 
@@ -106,6 +107,10 @@ def main() -> None:
         a, b = za.astype(dtype), zb.astype(dtype)
         t = median_time(lambda a=a, b=b: hierarchy.compare(a, b), args.repeats)
         rows.append((f"heron compare, {np.dtype(dtype).name}", args.n, t, args.n / t))
+    # The same call with the standard deviations passed in: the decision tree alone.
+    scale = finite_std(za, zb)
+    t = median_time(lambda: hierarchy.compare(za, zb, scale), args.repeats)
+    rows.append(("  float64, scale passed", args.n, t, args.n / t))
     shares = hierarchy.compare_detailed(za, zb).level_shares(len(hierarchy))
 
     la, lb = za[: args.loop_n], zb[: args.loop_n]

@@ -47,8 +47,12 @@ def train(
     method: Annotated[str | None, typer.Option(help="heron, ground-truth, weighted-sum or flat-preference.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     total_timesteps: Annotated[int | None, typer.Option(help="Env steps to train for.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<config>-<method>-s<seed>-<time>).")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/<config>-<method>-s<seed>-<time>).")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run in this directory from its last checkpoint.")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train one agent from a config file (or resume an interrupted run)."""
@@ -90,10 +94,13 @@ def demo(
 
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"out: {out} is not empty (pass --out to choose another directory)")
-    console.print(f"[bold]heron demo[/]: PPO on {DEMO_ENV}, {total_timesteps} steps each, "
-                  f"methods {', '.join(DEMO_METHODS)}")
+    console.print(
+        f"[bold]heron demo[/]: PPO on {DEMO_ENV}, {total_timesteps} steps each, methods {', '.join(DEMO_METHODS)}"
+    )
     rows, plot = run_demo(out, total_timesteps, seed, progress)
-    table = Table(title=f"{DEMO_ENV}: final evaluation (ground-truth return; factor totals per episode, lower is better)")
+    table = Table(
+        title=f"{DEMO_ENV}: final evaluation (ground-truth return; factor totals per episode, lower is better)"
+    )
     table.add_column("method")
     table.add_column("return", justify="right")
     for name in rows[0].factors:

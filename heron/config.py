@@ -76,6 +76,8 @@ class ComparisonConfig(_Strict):
     :param segment_length: steps per segment (``unit: segment``).
     :param aggregate: how a unit's per-step factors combine.
     :param pairs: pairs drawn per refit.
+    :param units_per_batch: each minibatch's pairs are drawn among this many units, so each unit is
+        scored once for several comparisons (0: independent pairs).
     :param pool_steps: recent vector steps kept for drawing pairs (0: one rollout for on-policy
         algorithms, 10,000 for off-policy ones).
     :param update_every: env steps between refits (0: every rollout for on-policy, 1,000 for off-policy).
@@ -87,6 +89,7 @@ class ComparisonConfig(_Strict):
     segment_length: int = Field(25, ge=1)
     aggregate: Literal["sum", "mean", "min", "max", "last"] = "sum"
     pairs: int = Field(4096, ge=1)
+    units_per_batch: int = Field(64, ge=0)
     pool_steps: int = Field(0, ge=0)
     update_every: int = Field(0, ge=0)
     warmup_steps: int = Field(0, ge=0)

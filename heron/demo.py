@@ -24,26 +24,37 @@ class DemoRow:
     rm_accuracy: float | None
 
 
-def run_demo(out: str | Path, total_timesteps: int = 50_000, seed: int = 0,
-             progress: bool = True) -> tuple[list[DemoRow], Path]:
+def run_demo(
+    out: str | Path, total_timesteps: int = 50_000, seed: int = 0, progress: bool = True
+) -> tuple[list[DemoRow], Path]:
     """Train each demo method with PPO at equal steps and seed; returns the table and the plot's path."""
     out = Path(out)
     results: dict[str, TrainResult] = {}
     for method in DEMO_METHODS:
-        results[method] = train(DEMO_ENV, algorithm="ppo", method=method, total_timesteps=total_timesteps,
-                                seed=seed, out=out / method, progress=progress)
+        results[method] = train(
+            DEMO_ENV,
+            algorithm="ppo",
+            method=method,
+            total_timesteps=total_timesteps,
+            seed=seed,
+            out=out / method,
+            progress=progress,
+        )
     plot = out / "demo.png"
-    report.plot_curves({m: r.metrics for m, r in results.items()}, plot,
-                       f"{DEMO_ENV}, PPO, {total_timesteps} steps, seed {seed}")
+    report.plot_curves(
+        {m: r.metrics for m, r in results.items()}, plot, f"{DEMO_ENV}, PPO, {total_timesteps} steps, seed {seed}"
+    )
     rows = []
     for method, result in results.items():
         last = result.metrics[-1]
-        rows.append(DemoRow(
-            method=method,
-            final_return=float(last["return_mean"]),
-            return_std=float(last["return_std"]),
-            factors={k.removeprefix("factor/"): float(v) for k, v in last.items() if k.startswith("factor/")},
-            wall_clock_s=float(last["wall_clock_s"]),
-            rm_accuracy=float(last["rm_accuracy"]) if "rm_accuracy" in last else None,
-        ))
+        rows.append(
+            DemoRow(
+                method=method,
+                final_return=float(last["return_mean"]),
+                return_std=float(last["return_std"]),
+                factors={k.removeprefix("factor/"): float(v) for k, v in last.items() if k.startswith("factor/")},
+                wall_clock_s=float(last["wall_clock_s"]),
+                rm_accuracy=float(last["rm_accuracy"]) if "rm_accuracy" in last else None,
+            )
+        )
     return rows, plot

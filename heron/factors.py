@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
+
 from heron.errors import FactorError
 
 FactorFn = Callable[[Any, Any, Any, SupportsFloat, dict[str, Any]], float]
@@ -51,8 +52,7 @@ class FactorWrapper(gym.Wrapper):
         info["factors"] = {
             **info.get("factors", {}),
             **{
-                name: float(fn(self._last_obs, action, next_obs, reward, info))
-                for name, fn in self._factor_fns.items()
+                name: float(fn(self._last_obs, action, next_obs, reward, info)) for name, fn in self._factor_fns.items()
             },
         }
         self._last_obs = next_obs

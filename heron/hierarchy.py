@@ -41,9 +41,7 @@ class Factor:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"factor name must be a non-empty string, got {self.name!r}")
         if self.direction not in ("max", "min"):
-            raise ConfigError(
-                f"factor {self.name!r}: direction must be 'max' or 'min', got {self.direction!r}"
-            )
+            raise ConfigError(f"factor {self.name!r}: direction must be 'max' or 'min', got {self.direction!r}")
         if self.margin_mode not in ("absolute", "std"):
             raise ConfigError(
                 f"factor {self.name!r}: margin_mode must be 'absolute' or 'std', got {self.margin_mode!r}"
@@ -131,14 +129,12 @@ class Hierarchy:
     def __hash__(self) -> int:
         return hash(self.factors)
 
-    def margins(
-        self, za: np.ndarray, zb: np.ndarray, scale: Sequence[float] | np.ndarray | None = None
-    ) -> np.ndarray:
+    def margins(self, za: np.ndarray, zb: np.ndarray, scale: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
         """The absolute margin of each level for this batch (shape (K,))."""
         margins = self._margins.copy()
         if self._std_mode.any():
             if scale is None:
-                std = finite_std(za[:, self._std_mode], zb[:, self._std_mode])
+                std = finite_std(za, zb, columns=self._std_mode)
             else:
                 std = np.asarray(scale, dtype=np.float64).reshape(-1)
                 if std.shape != (len(self),):
@@ -167,15 +163,13 @@ class Hierarchy:
         labels = np.empty(n, dtype=np.int8)
         levels = np.empty(n, dtype=np.int64)
         nonfinite = np.empty(n, dtype=bool)
-        # The margins repeated row after row, shared by every chunk: flat comparisons against them
-        # run as one long contiguous loop instead of one short broadcast loop per row.
-        flat_margins = np.tile(margins, min(n, _CHUNK)) if len(self) <= _WORD else None
 
         def run(start: int) -> None:
             part = slice(start, start + _CHUNK)
-            _label_chunk(
-                za[part], zb[part], signs, margins, labels[part], levels[part], nonfinite[part], flat_margins
-            )
+            # inf - inf is NaN without a warning: such pairs are flagged non-finite, never raised.
+            out = labels[part], levels[part], nonfinite[part]
+            with np.errstate(invalid="ignore"):
+                _label_chunk(za[part], zb[part], signs, margins, *out)
 
         starts = range(0, n, _CHUNK)
         if n > 2 * _CHUNK:
@@ -185,9 +179,7 @@ class Hierarchy:
                 run(start)
         return Comparison(labels, levels, nonfinite)
 
-    def compare(
-        self, za: np.ndarray, zb: np.ndarray, scale: Sequence[float] | np.ndarray | None = None
-    ) -> np.ndarray:
+    def compare(self, za: np.ndarray, zb: np.ndarray, scale: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
         """+1 where a is preferred, -1 where b is, 0 where every level ties (int8, shape (N,))."""
         return self.compare_detailed(za, zb, scale).labels
 
@@ -230,66 +222,11 @@ def _label_chunk(
     labels: np.ndarray,
     levels: np.ndarray,
     nonfinite: np.ndarray,
-    flat_margins: np.ndarray | None = None,
 ) -> None:
-    """Decision tree over one chunk of pairs, written into the output views.
-
-    A level stops the descent when it decides or when its value is unusable: ``not |gap| <= margin``
-    (NaN compares False). The sign of a level never changes whether it stops (``|s * gap| == |gap|``
-    and ``s * gap`` is finite where ``gap`` is, for ``s = +-1``), so the direction is applied only to
-    the deciding gap.
-    """
-    n, k = za.shape
-    if k > _WORD:
-        _label_chunk_wide(za, zb, signs, margins, labels, levels, nonfinite)
-        return
-    if flat_margins is None:
-        flat_margins = np.tile(margins, n)
-    gap = np.subtract(za, zb, order="C").reshape(-1)
-    # One byte per level (1 where the level ties), rows back to back, 8 bytes of padding at the end.
-    ties = np.empty(n * k + _WORD, dtype=np.uint8)
-    ties[n * k :] = 0
-    np.less_equal(np.abs(gap), flat_margins[: n * k], out=ties[: n * k].view(bool))
-    # Each row's bytes read as one little-endian word (unaligned, overlapping the next row, masked
-    # off); flipping the low bit of each of the k bytes turns "ties" into "stops".
-    words = np.ndarray((n,), dtype="<u8", buffer=ties, strides=(k,))
-    stops = words & np.uint64((1 << (8 * k)) - 1)
-    stops ^= np.uint64(int.from_bytes(b"\x01" * k, "little"))
-    # The lowest set bit is 2 ** (8 * level); multiplying by _FIRST_BYTE moves level + 1 into the
-    # top byte, and 0 (no level stops) gives 0, hence level -1.
-    stops &= ~stops + np.uint64(1)
-    stops *= _FIRST_BYTE
-    stops >>= np.uint64(56)
-    level = stops.astype(np.int64)
-    level -= 1
-    reached = level >= 0
-    at = np.maximum(level, 0)
-    deciding_gap = gap.take(np.arange(0, n * k, k) + at)
-    finite = np.isfinite(deciding_gap)
-    decided = reached & finite
-    direction = np.sign(deciding_gap)
-    direction *= signs.take(at)
-    labels[:] = np.where(decided, direction, 0)
-    levels[:] = np.where(decided, level, -1)
-    nonfinite[:] = reached & ~finite
-
-
-_WORD = 8  # levels handled by the one-word-per-row path of _label_chunk
-_FIRST_BYTE = np.uint64(sum((_WORD - i) << (8 * i) for i in range(_WORD)))
-
-
-def _label_chunk_wide(
-    za: np.ndarray,
-    zb: np.ndarray,
-    signs: np.ndarray,
-    margins: np.ndarray,
-    labels: np.ndarray,
-    levels: np.ndarray,
-    nonfinite: np.ndarray,
-) -> None:
-    """Decision tree over one chunk of pairs for hierarchies of more than 8 levels."""
+    """Decision tree over one chunk of pairs, written into the output views."""
     gap = za - zb
     gap *= signs
+    # A level stops the descent when it decides or when its value is unusable (NaN compares False).
     stops = ~(np.abs(gap) <= margins)
     level = stops.argmax(axis=1)
     rows = np.arange(len(gap))
@@ -302,18 +239,37 @@ def _label_chunk_wide(
     nonfinite[:] = reached & ~finite
 
 
-def finite_std(*arrays: np.ndarray) -> np.ndarray:
-    """Per-column standard deviation over the rows of all arrays, ignoring non-finite values.
+def finite_std(*arrays: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    """Per-column population standard deviation over the rows of all arrays, ignoring non-finite values.
 
-    A column with no finite value gets 0.
+    A column with no finite value gets 0. Computed chunk by chunk (threaded for large inputs) and
+    combined exactly: total M2 = sum of chunk M2 + sum of count * (chunk mean - mean) ** 2.
+
+    :param columns: a boolean or index selection of columns (default: all).
     """
-    if all(np.isfinite(a).all() for a in arrays):
-        n = sum(a.shape[0] for a in arrays)
-        mean = sum(a.sum(axis=0, dtype=np.float64) for a in arrays) / max(n, 1)
-        sq = sum(((a - mean) ** 2).sum(axis=0) for a in arrays)
-        return np.sqrt(sq / max(n, 1))
-    both = np.concatenate(arrays, axis=0).astype(np.float64)
-    finite = np.isfinite(both)
-    count = np.maximum(finite.sum(axis=0), 1)
-    mean = np.where(finite, both, 0.0).sum(axis=0) / count
-    return np.sqrt((np.where(finite, both - mean, 0.0) ** 2).sum(axis=0) / count)
+    chunks = [(a, start) for a in arrays for start in range(0, len(a), _CHUNK)]
+
+    def moments(item: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        array, start = item
+        x = array[start : start + _CHUNK]
+        x = np.asarray(x if columns is None else x[:, columns], dtype=np.float64)
+        finite = np.isfinite(x)
+        if finite.all():
+            mean = x.mean(axis=0)
+            return np.full(x.shape[1], len(x), dtype=np.float64), mean, ((x - mean) ** 2).sum(axis=0)
+        count = finite.sum(axis=0).astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            mean = np.where(finite, x, 0.0).sum(axis=0) / np.maximum(count, 1)
+            m2 = (np.where(finite, x - mean, 0.0) ** 2).sum(axis=0)
+        return count, mean, m2
+
+    total_rows = sum(len(a) for a in arrays)
+    parts = list(_pool().map(moments, chunks) if total_rows > 2 * _CHUNK else map(moments, chunks))
+    if not parts:
+        width = arrays[0].shape[1] if columns is None else len(np.arange(arrays[0].shape[1])[columns])
+        return np.zeros(width)
+    counts, means, m2s = (np.stack(p) for p in zip(*parts, strict=True))
+    total = counts.sum(axis=0)
+    mean = (counts * means).sum(axis=0) / np.maximum(total, 1)
+    m2 = m2s.sum(axis=0) + (counts * (means - mean) ** 2).sum(axis=0)
+    return np.sqrt(m2 / np.maximum(total, 1))

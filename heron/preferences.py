@@ -78,7 +78,9 @@ class ExperiencePool:
             steps = times[start[:, None] + np.arange(length)]
             return steps * n_envs + env[:, None]
         starts = self.starts[times]
-        first, last, env = [], [], []
+        first: list[np.ndarray] = []
+        last: list[np.ndarray] = []
+        owner: list[np.ndarray] = []
         for e in range(n_envs):
             s_idx = np.flatnonzero(starts[:, e])
             d_idx = np.flatnonzero(dones[:, e])
@@ -90,11 +92,11 @@ class ExperiencePool:
             # Episodes already open when the pool's window begins are incomplete.
             first.append(s_idx[opener[ok]])
             last.append(d_idx[ok])
-            env.append(np.full(int(ok.sum()), e))
+            owner.append(np.full(int(ok.sum()), e))
         f = np.concatenate(first) if first else np.zeros(0, dtype=np.int64)
         if len(f) == 0:
             return np.zeros((0, 1), dtype=np.int64)
-        la, en = np.concatenate(last), np.concatenate(env)
+        la, en = np.concatenate(last), np.concatenate(owner)
         length = int((la - f).max()) + 1
         offsets = f[:, None] + np.arange(length)
         valid = offsets <= la[:, None]
@@ -150,13 +152,27 @@ class WeightedSumTeacher:
         return Comparison(labels, np.where(labels != 0, 0, -1), ~finite)
 
 
-def sample_pairs(n_units: int, n_pairs: int, rng: np.random.Generator) -> np.ndarray:
-    """Random pairs of distinct unit indices, shape (P, 2) (empty when fewer than two units)."""
+def sample_pairs(n_units: int, n_pairs: int, rng: np.random.Generator, group: int = 0, block: int = 256) -> np.ndarray:
+    """Random pairs of distinct unit indices, shape (P, 2) (empty when fewer than two units).
+
+    :param group: when > 1, each consecutive block of ``block`` pairs is drawn among ``group``
+        distinct units picked at random for that block, so one minibatch scores ``group`` units for
+        ``block`` comparisons; otherwise pairs are independent.
+    :param block: pairs per block (the reward model's minibatch size).
+    """
     if n_units < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    first = rng.integers(0, n_units, n_pairs)
-    second = (first + rng.integers(1, n_units, n_pairs)) % n_units
-    return np.stack([first, second], axis=1)
+    if group <= 1 or group >= n_units:
+        first = rng.integers(0, n_units, n_pairs)
+        second = (first + rng.integers(1, n_units, n_pairs)) % n_units
+        return np.stack([first, second], axis=1)
+    n_blocks = -(-n_pairs // block)
+    members = np.argpartition(rng.random((n_blocks, n_units)), group - 1, axis=1)[:, :group]
+    first = rng.integers(0, group, (n_blocks, block))
+    second = (first + rng.integers(1, group, (n_blocks, block))) % group
+    rows = np.arange(n_blocks)[:, None]
+    pairs = np.stack([members[rows, first], members[rows, second]], axis=-1)
+    return pairs.reshape(-1, 2)[:n_pairs]
 
 
 def flip(labels: np.ndarray, probability: float, rng: np.random.Generator) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def metric_columns(factor_names: Sequence[str]) -> list[str]:
@@ -47,10 +47,7 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
     if not path.exists():
         return []
     with path.open(newline="") as f:
-        return [
-            {k: float(v) if v not in ("", None) else math.nan for k, v in row.items()}
-            for row in csv.DictReader(f)
-        ]
+        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def plot_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], path: Path, title: str) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -34,11 +35,11 @@ class Units:
 
 @dataclass
 class FitStats:
-    """What one refit did: Bradley-Terry loss, pair accuracy before and after training."""
+    """What one refit did: mean Bradley-Terry loss, pair accuracy on the new pairs before training
+    (how well the model predicted preferences it had not seen), and the number of labeled pairs."""
 
     loss: float
     accuracy_before: float
-    accuracy_after: float
     pairs: int
 
 
@@ -58,20 +59,22 @@ class RewardModel(nn.Module):
         self, input_dim: int, hidden: Sequence[int] = (256, 256), ensemble: int = 1, normalize: bool = True
     ) -> None:
         super().__init__()
+        self.out_mean: torch.Tensor
+        self.out_std: torch.Tensor
         if input_dim < 1:
             raise ConfigError(f"reward_model: input_dim must be >= 1, got {input_dim}")
         if ensemble < 1:
             raise ConfigError(f"reward_model.ensemble must be >= 1, got {ensemble}")
-        self.config = {
+        self.config: dict[str, Any] = {
             "input_dim": int(input_dim),
             "hidden": [int(h) for h in hidden],
             "ensemble": int(ensemble),
             "normalize": bool(normalize),
         }
-        widths = [input_dim, *self.config["hidden"], 1]
+        widths = [int(input_dim), *(int(h) for h in hidden), 1]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+        for fan_in, fan_out in itertools.pairwise(widths):
             w = torch.empty(ensemble, fan_in, fan_out)
             for member in w:
                 nn.init.kaiming_uniform_(member.T, a=5**0.5)
@@ -101,7 +104,9 @@ class RewardModel(nn.Module):
 
     @torch.no_grad()
     def refresh_normalization(self, x: torch.Tensor) -> None:
-        """Set the output statistics from the raw ensemble-mean scores of ``x``."""
+        """Set the output statistics from the raw ensemble-mean scores of ``x`` (kept when ``x`` is empty)."""
+        if len(x) == 0:
+            return
         raw = torch.cat([self(part).mean(0) for part in x.split(65_536)])
         self.out_mean.copy_(raw.mean())
         self.out_std.copy_(raw.std().clamp_min(1e-6) if len(raw) > 1 else torch.ones(()))
@@ -111,7 +116,7 @@ class RewardModel(nn.Module):
         index = units.index[which]
         mask = index >= 0
         scores = self(units.rows[index.clamp_min(0).reshape(-1)]).reshape(-1, *index.shape)
-        return (scores * mask).sum(-1)
+        return torch.where(mask, scores, 0.0).sum(-1)
 
     def save(self, path: str | Path) -> None:
         """Write the weights and architecture to a safetensors file (no pickle)."""
@@ -149,43 +154,59 @@ class TrainerConfig:
 
 
 class BradleyTerryTrainer:
-    """Fits a :class:`RewardModel` on labeled pairs, one batched forward/backward per minibatch."""
+    """Fits a :class:`RewardModel` on labeled pairs, one batched forward/backward per minibatch.
+
+    Minibatches are consecutive blocks of ``batch_size`` pairs, visited in a new random order each
+    epoch. Each unit in a block is scored once however many of the block's pairs it is in, so pairs
+    drawn in groups that share units (see :func:`heron.preferences.sample_pairs`) cost fewer forward
+    passes than independent pairs.
+    """
 
     def __init__(self, model: RewardModel, config: TrainerConfig, seed: int = 0) -> None:
         self.model = model
         self.config = config
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+        )
         self.generator = torch.Generator().manual_seed(seed)
 
     def fit(self, units: Units, pairs: torch.Tensor, labels: torch.Tensor) -> FitStats:
-        """Train on pairs of unit indices (P, 2) with labels +1 (first preferred) or -1.
+        """Train on pairs of unit indices (P, 2) with labels +1 (first preferred), -1, or 0 (ignored).
 
-        Pairs labeled 0 must be dropped by the caller. Accuracy before training measures how well
-        the model predicted preferences it had not seen.
+        The accuracy reported is measured before training, on pairs the model had not seen.
         """
-        if len(pairs) == 0:
-            return FitStats(float("nan"), float("nan"), float("nan"), 0)
-        # Order every pair as (winner, loser).
+        labeled = labels != 0
+        n_labeled = int(labeled.sum())
+        if n_labeled == 0:
+            return FitStats(float("nan"), float("nan"), 0)
+        # Order every pair as (winner, loser); unlabeled pairs keep their slot (weight 0) so that
+        # blocks stay aligned with the groups they were drawn in.
         winners = torch.where(labels > 0, pairs[:, 0], pairs[:, 1])
         losers = torch.where(labels > 0, pairs[:, 1], pairs[:, 0])
-        before = self.accuracy(units, winners, losers)
+        before = self.accuracy(units, winners[labeled], losers[labeled])
+        weight = labeled.float()
+        blocks = torch.arange(len(pairs)).split(self.config.batch_size)
         self.model.train()
         losses = []
         for _ in range(self.config.epochs):
-            order = torch.randperm(len(winners), generator=self.generator)
-            for batch in order.split(self.config.batch_size):
+            for b in torch.randperm(len(blocks), generator=self.generator).tolist():
+                batch = blocks[b]
+                w = weight[batch]
+                if not w.any():
+                    continue
                 margin = self._margins(units, winners[batch], losers[batch])
-                loss = -F.logsigmoid(margin).mean()
+                loss = -(F.logsigmoid(margin) * w).sum(-1).mean() / w.sum()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
                 losses.append(loss.detach())
         self.model.eval()
-        after = self.accuracy(units, winners, losers)
-        return FitStats(float(torch.stack(losses).mean()), before, after, len(winners))
+        return FitStats(float(torch.stack(losses).mean()), before, n_labeled)
 
     def _margins(self, units: Units, winners: torch.Tensor, losers: torch.Tensor) -> torch.Tensor:
-        scores = self.model.unit_scores(units, torch.cat([winners, losers]))
+        """Score differences (E, B), each distinct unit scored once."""
+        distinct, where = torch.unique(torch.cat([winners, losers]), return_inverse=True)
+        scores = self.model.unit_scores(units, distinct)[:, where]
         return scores[:, : len(winners)] - scores[:, len(winners) :]
 
     @torch.no_grad()
@@ -205,17 +226,3 @@ class BradleyTerryTrainer:
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
         self.generator.set_state(state["generator"])  # type: ignore[arg-type]
-
-
-def trainer_config(**kwargs: object) -> TrainerConfig:
-    """A :class:`TrainerConfig` from keyword settings (unknown keys rejected)."""
-    known = set(asdict(TrainerConfig()))
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise ConfigError(f"reward_model: unknown setting {unknown[0]!r}")
-    return TrainerConfig(**kwargs)  # type: ignore[arg-type]
-
-
-def to_tensor(array: np.ndarray) -> torch.Tensor:
-    """float32 torch view of a numpy array."""
-    return torch.as_tensor(np.asarray(array, dtype=np.float32))

@@ -114,9 +114,7 @@ class RewardSwap(VecEnvWrapper):
 class _Features:
     """Turns observations and actions into flat float rows for the reward model."""
 
-    def __init__(
-        self, obs_space: spaces.Space, action_space: spaces.Space, n_factors: int, inputs: tuple[str, ...]
-    ):
+    def __init__(self, obs_space: spaces.Space, action_space: spaces.Space, n_factors: int, inputs: tuple[str, ...]):
         self.obs_space = obs_space
         self.action_space = action_space
         self.widths = {
@@ -133,9 +131,7 @@ class _Features:
 
     def encode(self, space: spaces.Space, x: np.ndarray, n: int) -> np.ndarray:
         if isinstance(space, spaces.Discrete):
-            return np.eye(int(space.n), dtype=np.float32)[
-                np.asarray(x).reshape(n).astype(np.int64) - int(space.start)
-            ]
+            return np.eye(int(space.n), dtype=np.float32)[np.asarray(x).reshape(n).astype(np.int64) - int(space.start)]
         return np.asarray(x, dtype=np.float32).reshape(n, -1)
 
     def rows(self, fields: dict[str, np.ndarray]) -> torch.Tensor:
@@ -186,7 +182,7 @@ class HeronCallback(BaseCallback):
             else:
                 capacity = self.cfg.comparison.pool_steps or 10_000
                 if "factors" in self.cfg.reward_model.inputs:
-                    size = self.model.replay_buffer.buffer_size  # type: ignore[attr-defined,union-attr]
+                    size = self.model.replay_buffer.buffer_size  # type: ignore[attr-defined]
                     self._rb_factors = np.zeros((size, n_envs, len(run.factor_names)), dtype=np.float32)
             self.pool = ExperiencePool(capacity, n_envs, run.features.widths)
         if run.progress:
@@ -246,15 +242,14 @@ class HeronCallback(BaseCallback):
         if len(index) < 2:
             return False
         z = aggregate(self.pool.flat("factors").astype(np.float64), index, comparison.aggregate)
-        pairs = sample_pairs(len(index), comparison.pairs, self.rng)
+        pairs = sample_pairs(
+            len(index), comparison.pairs, self.rng, comparison.units_per_batch, self.cfg.reward_model.batch_size
+        )
         result = self.run.teacher.label(z[pairs[:, 0]], z[pairs[:, 1]], finite_std(z))
         labels = flip(result.labels, comparison.teacher_noise, self.rng)
-        keep = labels != 0
         rows = self.run.features.rows({k: self.pool.flat(k) for k in self.run.features.inputs})
         units = Units(rows, torch.from_numpy(index))
-        stats = self.run.trainer.fit(
-            units, torch.from_numpy(pairs[keep]), torch.from_numpy(labels[keep].astype(np.int64))
-        )
+        stats = self.run.trainer.fit(units, torch.from_numpy(pairs), torch.from_numpy(labels.astype(np.int64)))
         if stats.pairs:
             # Keep the scale of the previous fit when nothing was learned (every pair tied).
             recent = torch.from_numpy(self.pool.recent_rows(self.pool.size))
@@ -263,7 +258,7 @@ class HeronCallback(BaseCallback):
         self.diagnostics = {
             "rm_accuracy": stats.accuracy_before,
             "rm_loss": stats.loss,
-            "pairs_labeled": int(keep.sum()),
+            "pairs_labeled": stats.pairs,
             **{f"decided/{n}": float(s) for n, s in zip(self.run.factor_names, shares[:-1], strict=True)},
             "unlabeled": float(shares[-1]),
             "nonfinite": int(result.nonfinite.sum()),
@@ -302,7 +297,7 @@ class HeronCallback(BaseCallback):
         feats = self.run.features
         actions = buffer.actions[:upto]
         if isinstance(feats.action_space, spaces.Box):
-            actions = self.model.policy.unscale_action(actions.reshape(n, -1))  # type: ignore[union-attr]
+            actions = self.model.policy.unscale_action(actions.reshape(n, -1))
         fields = {
             "obs": feats.encode(feats.obs_space, buffer.observations[:upto], n),
             "action": feats.encode(feats.action_space, actions, n),
@@ -394,9 +389,7 @@ def _next_observations(buffer: Any, upto: int) -> np.ndarray:
     return buffer.next_observations[:upto]
 
 
-def evaluate(
-    model: BaseAlgorithm, env: gym.Env, episodes: int, factor_names: list[str], seed: int
-) -> dict[str, float]:
+def evaluate(model: BaseAlgorithm, env: gym.Env, episodes: int, factor_names: list[str], seed: int) -> dict[str, float]:
     """Mean and std of the env's own episode return, and each factor's mean episode total."""
     returns, totals = [], []
     for episode in range(episodes):
@@ -523,9 +516,7 @@ def _prepare(cfg: RunConfig, env: EnvSpec, run_dir: Path | None, progress: bool)
             )
     for name in cfg.weights or {}:
         if name not in hierarchy.names:
-            raise ConfigError(
-                f"weights: factor {name!r} is not in the hierarchy ({', '.join(hierarchy.names)})"
-            )
+            raise ConfigError(f"weights: factor {name!r} is not in the hierarchy ({', '.join(hierarchy.names)})")
     return _Run(cfg, env_fn, hierarchy.names, hierarchy, cfg.method in LEARNED, run_dir, progress)
 
 
@@ -548,9 +539,7 @@ def _build(run: _Run) -> tuple[VecEnv, dict[str, Any]]:
         mode = "deferred"
     run.swap = RewardSwap(venv, run.factor_names, mode, run.signed_weights())
     run.eval_env = run.env_fn()
-    run.features = _Features(
-        venv.observation_space, venv.action_space, len(run.factor_names), cfg.reward_model.inputs
-    )
+    run.features = _Features(venv.observation_space, venv.action_space, len(run.factor_names), cfg.reward_model.inputs)
     rm = cfg.reward_model
     torch.manual_seed(cfg.seed)
     run.reward_model = RewardModel(run.features.dim, rm.hidden, rm.ensemble, rm.normalize)
@@ -559,9 +548,7 @@ def _build(run: _Run) -> tuple[VecEnv, dict[str, Any]]:
             run.reward_model, TrainerConfig(rm.lr, rm.weight_decay, rm.epochs, rm.batch_size), seed=cfg.seed
         )
         run.teacher = (
-            HierarchyTeacher(run.hierarchy)
-            if cfg.method == "heron"
-            else WeightedSumTeacher(run.signed_weights())
+            HierarchyTeacher(run.hierarchy) if cfg.method == "heron" else WeightedSumTeacher(run.signed_weights())
         )
     return run.swap, _algorithm_kwargs(cfg)
 
@@ -578,9 +565,7 @@ def _tensorboard(run_dir: Path | None) -> str | None:
 
 def _learn(run: _Run, model: BaseAlgorithm, callback: HeronCallback, remaining: int) -> TrainResult:
     if remaining > 0:
-        model.learn(
-            total_timesteps=remaining, callback=callback, reset_num_timesteps=False, tb_log_name="run"
-        )
+        model.learn(total_timesteps=remaining, callback=callback, reset_num_timesteps=False, tb_log_name="run")
     if not callback.metrics or callback.metrics[-1]["step"] != model.num_timesteps:
         callback._evaluate()
     callback.checkpoint()
@@ -595,9 +580,7 @@ def _learn(run: _Run, model: BaseAlgorithm, callback: HeronCallback, remaining: 
             run.reward_model.save(run.run_dir / "reward_model.safetensors")
     run.swap.close()
     run.eval_env.close()
-    return TrainResult(
-        model, run.reward_model if run.learned else None, callback.metrics, run.run_dir, run.cfg
-    )
+    return TrainResult(model, run.reward_model if run.learned else None, callback.metrics, run.run_dir, run.cfg)
 
 
 def run_config(

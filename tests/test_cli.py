@@ -46,14 +46,20 @@ def test_envs_lists_factors_and_rankings() -> None:
 def test_train_writes_run_directory(tmp_path: Path) -> None:
     config = write(tmp_path, TINY)
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(config), "--method", "flat-preference", "--seed", "3",
-                                 "--out", str(out), "--no-progress"])
+    result = runner.invoke(
+        app, ["train", str(config), "--method", "flat-preference", "--seed", "3", "--out", str(out), "--no-progress"]
+    )
     assert result.exit_code == 0, result.stderr
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["method"] == "flat-preference" and resolved["seed"] == 3
     assert [f["name"] for f in resolved["hierarchy"]] == ["angle", "angular_velocity", "torque"]
-    for name in ("metrics.csv", "learning_curve.png", "policy.zip", "reward_model.safetensors",
-                 "checkpoints/state.json"):
+    for name in (
+        "metrics.csv",
+        "learning_curve.png",
+        "policy.zip",
+        "reward_model.safetensors",
+        "checkpoints/state.json",
+    ):
         assert (out / name).exists(), name
     assert "final ground-truth return" in result.stdout
 
@@ -117,7 +123,9 @@ def test_resume_after_kill(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "heron", "train", str(config), "--out", str(out), "--no-progress"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     state_file = out / "checkpoints" / "state.json"
     deadline = time.monotonic() + 120

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
@@ -190,6 +191,20 @@ def test_nonfinite_at_a_reached_level_leaves_the_pair_unlabeled(a, b, direction)
     assert detail.labels.tolist() == [0, -1]
     assert detail.levels.tolist() == [-1, 0]
     assert detail.nonfinite.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("n", [3, 2 * _CHUNK + 5])
+@pytest.mark.parametrize("k", [2, 9])
+def test_nonfinite_values_never_raise_even_with_warnings_as_errors(n, k):
+    hierarchy = Hierarchy([Factor(f"f{i}", "min", 1.0, "std") for i in range(k)])
+    za = np.full((n, k), INF)
+    zb = np.full((n, k), INF)
+    zb[::3] = -INF
+    zb[1::3] = NAN
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        detail = hierarchy.compare_detailed(za, zb)
+    assert detail.nonfinite.all() and (detail.labels == 0).all() and (detail.levels == -1).all()
 
 
 def test_std_margin_uses_population_std_of_finite_values_of_both_sides():

@@ -330,7 +330,10 @@ def test_weighted_sum_teacher_matches_the_sign_of_the_weighted_gap(n, seed):
     weights = rng.normal(size=3)
     za, zb = rng.integers(-3, 4, (n, 3)).astype(float), rng.integers(-3, 4, (n, 3)).astype(float)
     labels = WeightedSumTeacher(weights).label(za, zb, np.ones(3)).labels
-    expected = [int(np.sign(sum(w * (a - b) for w, a, b in zip(weights, ra, rb, strict=True)))) for ra, rb in zip(za, zb, strict=True)]
+    expected = [
+        int(np.sign(sum(w * (a - b) for w, a, b in zip(weights, ra, rb, strict=True))))
+        for ra, rb in zip(za, zb, strict=True)
+    ]
     agree = labels == np.array(expected)
     # exact only away from rounding-level ties
     gaps = np.abs((za - zb) @ weights)
@@ -346,3 +349,15 @@ def test_hierarchy_teacher_uses_the_given_scale():
     assert wide.labels.tolist() == [-1, 1] and wide.levels.tolist() == [1, 1]
     narrow = teacher.label(za, zb, np.array([1.0, 1.0]))
     assert narrow.labels.tolist() == [1, 1] and narrow.levels.tolist() == [0, 0]
+
+
+def test_grouped_pairs_share_units_within_each_block():
+    rng = np.random.default_rng(3)
+    pairs = sample_pairs(1000, 1000, rng, group=32, block=100)
+    assert pairs.shape == (1000, 2)
+    assert (pairs[:, 0] != pairs[:, 1]).all()
+    assert ((pairs >= 0) & (pairs < 1000)).all()
+    blocks = pairs.reshape(10, 100, 2)
+    assert all(len(np.unique(b)) <= 32 for b in blocks)
+    # Different blocks draw different groups.
+    assert len(np.unique(pairs)) > 200

@@ -89,8 +89,9 @@ def _learned_rewards(result: heron.TrainResult, obs: np.ndarray, actions: np.nda
     env = result.model.get_env()
     feats = _Features(env.observation_space, env.action_space, 3, ("obs", "action"))
     n = len(obs)
-    rows = feats.rows({"obs": feats.encode(env.observation_space, obs, n),
-                       "action": feats.encode(env.action_space, actions, n)})
+    rows = feats.rows(
+        {"obs": feats.encode(env.observation_space, obs, n), "action": feats.encode(env.action_space, actions, n)}
+    )
     return result.reward_model.reward(rows).numpy()
 
 
@@ -141,11 +142,26 @@ def test_dqn_and_flat_preference_run() -> None:
 
 
 def test_ground_truth_sees_env_reward_and_weighted_sum_sees_weights() -> None:
-    gt = heron.train(BANDIT, BANDIT_HIERARCHY, method="ground-truth", total_timesteps=3072, seed=0,
-                     algorithm_kwargs=BANDIT_PPO, eval={"episodes": 20})
+    gt = heron.train(
+        BANDIT,
+        BANDIT_HIERARCHY,
+        method="ground-truth",
+        total_timesteps=3072,
+        seed=0,
+        algorithm_kwargs=BANDIT_PPO,
+        eval={"episodes": 20},
+    )
     assert greedy_actions(gt.model) == list(LEX_OPTIMUM) or gt.final_return >= 0.8
-    ws = heron.train(BANDIT, BANDIT_HIERARCHY, method="weighted-sum", weights={"secondary": 0.0},
-                     total_timesteps=3072, seed=0, algorithm_kwargs=BANDIT_PPO, eval={"episodes": 20})
+    ws = heron.train(
+        BANDIT,
+        BANDIT_HIERARCHY,
+        method="weighted-sum",
+        weights={"secondary": 0.0},
+        total_timesteps=3072,
+        seed=0,
+        algorithm_kwargs=BANDIT_PPO,
+        eval={"episodes": 20},
+    )
     assert greedy_actions(ws.model) == list(LEX_OPTIMUM)
 
 
@@ -165,15 +181,20 @@ def test_segment_and_episode_units(unit: str) -> None:
 
 def test_env_object_and_callable_accepted() -> None:
     for env in (ContextualBandit(), ContextualBandit):
-        result = heron.train(env, BANDIT_HIERARCHY, total_timesteps=256, algorithm_kwargs=BANDIT_PPO,
-                             eval={"episodes": 1})
+        result = heron.train(
+            env, BANDIT_HIERARCHY, total_timesteps=256, algorithm_kwargs=BANDIT_PPO, eval={"episodes": 1}
+        )
         assert result.metrics[-1]["step"] == 256
 
 
 def test_missing_factor_mid_run_raises() -> None:
     with pytest.raises(heron.FactorError, match="did not report factor 'torque'"):
-        heron.train("heron_test/PendulumDropsTorque-v0", ["angle", "torque"], total_timesteps=1024,
-                    algorithm_kwargs={"n_steps": 512, "batch_size": 64})
+        heron.train(
+            "heron_test/PendulumDropsTorque-v0",
+            ["angle", "torque"],
+            total_timesteps=1024,
+            algorithm_kwargs={"n_steps": 512, "batch_size": 64},
+        )
 
 
 @pytest.mark.parametrize(
