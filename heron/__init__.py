@@ -7,7 +7,7 @@ on the learned reward, online.
 
 from heron import envs as _envs  # registers the factorized environments with Gymnasium
 from heron.errors import ConfigError, FactorError
-from heron.factors import FactorWrapper
+from heron.factors import FactorWrapper, factorize
 from heron.hierarchy import Factor, Hierarchy
 from heron.reward_model import RewardModel
 from heron.training import TrainResult, resume, train
@@ -20,6 +20,7 @@ __all__ = [
     "Hierarchy",
     "RewardModel",
     "TrainResult",
+    "factorize",
     "resume",
     "train",
 ]

@@ -36,6 +36,12 @@ def _one_line_errors(fn: F) -> F:
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            print(
+                "interrupted: a run continues from its last checkpoint with `heron train --resume RUN_DIR`",
+                file=sys.stderr,
+            )
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -117,6 +123,51 @@ def demo(
         )
     console.print(table)
     console.print(f"plot: {plot}")
+
+
+@app.command()
+@_one_line_errors
+def compare(
+    config: Annotated[Path, typer.Argument(help="YAML run config (may add `variants` and `threshold`).")],
+    methods: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: heron, ground-truth, weighted-sum, flat-preference, "
+            "heron-noiseP, heron-swap, or variants of the config."
+        ),
+    ] = "heron,ground-truth,weighted-sum,flat-preference",
+    seeds: Annotated[int, typer.Option(help="Seeds 0..N-1 per method.", min=1)] = 5,
+    out: Annotated[Path, typer.Option(help="Sweep directory (completed runs in it are skipped).")] = Path(
+        "runs/compare"
+    ),
+    backend: Annotated[str, typer.Option(help="local (process pool) or ray.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray instance).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Local processes (default: the cores).", min=1)] = None,
+    threshold: Annotated[float | None, typer.Option(help="Return for the steps-to-threshold column.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show overall progress.")] = True,
+) -> None:
+    """Run every (method, seed) of a config and write summary.csv, summary.md and plots."""
+    from heron.experiments.runner import compare as run_compare
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    result = run_compare(
+        config,
+        names,
+        seeds,
+        out,
+        backend=backend,
+        address=address,
+        workers=workers,
+        threshold=threshold,
+        progress=progress,
+    )
+    console.print((result.out / "summary.md").read_text())
+    failed = [o for o in result.outcomes if o.status == "failed"]
+    for o in failed:
+        print(f"failed: {o.method} seed {o.seed}: {o.message}", file=sys.stderr)
+    console.print(f"summary, plots and runs in {result.out}")
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

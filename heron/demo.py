@@ -41,8 +41,8 @@ def run_demo(
             progress=progress,
         )
     plot = out / "demo.png"
-    report.plot_curves(
-        {m: r.metrics for m, r in results.items()}, plot, f"{DEMO_ENV}, PPO, {total_timesteps} steps, seed {seed}"
+    report.plot_learning_curves(
+        {m: [r.metrics] for m, r in results.items()}, plot, f"{DEMO_ENV}, PPO, {total_timesteps} steps, seed {seed}"
     )
     rows = []
     for method, result in results.items():

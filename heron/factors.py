@@ -7,7 +7,7 @@ from typing import Any, SupportsFloat
 
 import gymnasium as gym
 
-from heron.errors import FactorError
+from heron.errors import ConfigError, FactorError
 
 FactorFn = Callable[[Any, Any, Any, SupportsFloat, dict[str, Any]], float]
 """``fn(obs, action, next_obs, reward, info) -> float``: one factor of one transition."""
@@ -57,6 +57,82 @@ class FactorWrapper(gym.Wrapper):
         }
         self._last_obs = next_obs
         return next_obs, reward, terminated, truncated, info
+
+
+REWARD_PREFIX = "reward_"
+
+
+class RewardInfoFactors(gym.Wrapper):
+    """Reports the reward components an env puts in its info as factors.
+
+    Each step, every ``info["reward_<name>"]`` entry is copied into ``info["factors"]["<name>"]``
+    with the sign the env reports it with (Gymnasium's MuJoCo envs report costs as negative
+    ``reward_ctrl`` and ``reward_contact``), so the factors sum to the env reward wherever the env's
+    components do. Factors the env already reports in ``info["factors"]`` are kept, and win over a
+    ``reward_*`` entry of the same name. The env's reward is left unchanged.
+
+    :param env: the environment to wrap.
+    :param name: how errors name the env (default: its Gymnasium id, else its class name).
+    :raises FactorError: at a step whose info has no ``reward_*`` entry, or a non-numeric one.
+    """
+
+    def __init__(self, env: gym.Env, name: str | None = None) -> None:
+        super().__init__(env)
+        self.name = name or _env_name(env)
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        components: dict[str, float] = {}
+        for key, value in info.items():
+            if isinstance(key, str) and key.startswith(REWARD_PREFIX) and len(key) > len(REWARD_PREFIX):
+                try:
+                    components[key[len(REWARD_PREFIX) :]] = float(value)
+                except (TypeError, ValueError):
+                    raise FactorError(
+                        f"env {self.name} reported info[{key!r}] that is not a number ({type(value).__name__})"
+                    ) from None
+        if not components:
+            raise FactorError(
+                f"env {self.name} reports no reward_* entries in its info: heron.factorize cannot find its"
+                " reward components (use heron.FactorWrapper)"
+            )
+        info = dict(info)
+        info["factors"] = {**components, **info.get("factors", {})}
+        return obs, reward, terminated, truncated, info
+
+
+def _env_name(env: gym.Env) -> str:
+    spec = getattr(env, "spec", None)
+    return spec.id if spec is not None else type(env.unwrapped).__name__
+
+
+def factorize(env_or_id: gym.Env | str, **make_kwargs: Any) -> RewardInfoFactors:
+    """Make any env that reports ``reward_*`` components in its info a factorized env.
+
+    Works with Gymnasium's MuJoCo envs as they are (``Walker2d-v5`` reports factors ``forward``,
+    ``survive`` and ``ctrl``; ``reward_ctrl`` is negative, so the factors sum to the env reward)
+    and with your own envs that follow the same convention. Rank the factors with the sign they
+    are reported with: ``Factor("ctrl", "max")`` prefers a smaller control cost.
+
+    :param env_or_id: a ``gymnasium.Env`` or a Gymnasium env id.
+    :param make_kwargs: passed to ``gymnasium.make`` when ``env_or_id`` is an id.
+    :returns: the env wrapped in :class:`RewardInfoFactors`.
+    :raises ConfigError: for an unknown id, kwargs given with an env, or a missing dependency.
+    """
+    if isinstance(env_or_id, str):
+        if env_or_id not in gym.registry:
+            raise ConfigError(f"factorize: unknown environment {env_or_id!r}")
+        try:
+            env = gym.make(env_or_id, **make_kwargs)
+        except gym.error.DependencyNotInstalled as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"env {env_or_id} needs a dependency that is not installed: {first}") from None
+        return RewardInfoFactors(env, env_or_id)
+    if make_kwargs:
+        raise ConfigError(f"factorize: make kwargs ({', '.join(make_kwargs)}) only apply to an env id")
+    if not isinstance(env_or_id, gym.Env):
+        raise ConfigError(f"factorize: expected a gymnasium.Env or an env id, got {type(env_or_id).__name__}")
+    return RewardInfoFactors(env_or_id)
 
 
 def read_factors(info: Mapping[str, Any], names: list[str], where: str = "env") -> list[float]:

@@ -8,10 +8,27 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+Curves = Mapping[str, Sequence[Sequence[Mapping[str, float]]]]
+"""method -> one metrics table (list of rows) per seed."""
+
+# Two-sided 95% Student-t critical values by degrees of freedom (1.96 beyond 30).
+_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042]  # fmt: skip
+
+
+def mean_ci(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """Mean and half-width of the 95% confidence interval (t-distribution; NaNs dropped)."""
+    x = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
+    if len(x) == 0:
+        return math.nan, math.nan
+    if len(x) == 1:
+        return float(x[0]), math.nan
+    t = _T95[len(x) - 2] if len(x) - 1 <= len(_T95) else 1.96
+    return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(len(x)))
 
 
 def metric_columns(factor_names: Sequence[str]) -> list[str]:
@@ -50,29 +67,68 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def plot_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], path: Path, title: str) -> None:
-    """Ground-truth return against env steps, one line per named run."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for name, rows in curves.items():
-        steps = [r["step"] for r in rows]
-        mean = [r["return_mean"] for r in rows]
-        std = [r.get("return_std", 0.0) for r in rows]
-        (line,) = ax.plot(steps, mean, label=name)
-        ax.fill_between(
-            steps,
-            [m - s for m, s in zip(mean, std, strict=True)],
-            [m + s for m, s in zip(mean, std, strict=True)],
-            color=line.get_color(),
-            alpha=0.15,
-        )
+def plot_learning_curves(curves: Curves, path: Path, title: str) -> None:
+    """Mean ground-truth return per method with a 95% confidence band over seeds (one run: ± eval std)."""
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
+    for method, runs in curves.items():
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        length = min(len(r) for r in runs)
+        steps = np.array([row["step"] for row in runs[0][:length]])
+        values = np.array([[row["return_mean"] for row in r[:length]] for r in runs])
+        mean = values.mean(axis=0)
+        (line,) = ax.plot(steps, mean, label=f"{method} (n={len(runs)})")
+        if len(runs) > 1:
+            half = np.array([mean_ci(values[:, i])[1] for i in range(length)])
+        else:  # one run: the spread over its evaluation episodes
+            half = np.array([row.get("return_std", 0.0) for row in runs[0][:length]])
+        ax.fill_between(steps, mean - half, mean + half, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("env steps")
     ax.set_ylabel("ground-truth episode return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+
+def plot_diagnostics(curves: Curves, path: Path, title: str) -> None:
+    """Reward-model pair accuracy and the share of pairs decided at each level, over training."""
+    learned = {m: [r for r in runs if r and "rm_accuracy" in r[-1]] for m, runs in curves.items()}
+    learned = {m: runs for m, runs in learned.items() if runs}
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    for method, runs in learned.items():
+        length = min(len(r) for r in runs)
+        steps = [row["step"] for row in runs[0][:length]]
+        acc = _nanmean([[row.get("rm_accuracy", math.nan) for row in r[:length]] for r in runs])
+        axes[0].plot(steps, acc, label=method)
+        levels = [k for k in runs[0][-1] if k.startswith("decided/")]
+        for level in levels:
+            share = _nanmean([[row.get(level, math.nan) for row in r[:length]] for r in runs])
+            axes[1].plot(steps, share, label=f"{method}: {level.removeprefix('decided/')}")
+    axes[0].set_title("reward-model accuracy on unseen pairs")
+    axes[0].set_ylim(0.4, 1.0)
+    axes[1].set_title("share of pairs decided at each level")
+    axes[1].set_ylim(0, 1)
+    for ax in axes:
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _nanmean(values: list[list[float]]) -> np.ndarray:
+    """Column means ignoring NaN; NaN where a column has no value (before the first refit)."""
+    x = np.asarray(values, dtype=np.float64)
+    count = (~np.isnan(x)).sum(axis=0)
+    return np.where(count > 0, np.nansum(x, axis=0) / np.maximum(count, 1), np.nan)
 
 
 def _cell(value: Any) -> Any:

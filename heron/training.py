@@ -168,6 +168,7 @@ class HeronCallback(BaseCallback):
         self._progress: Any = None
         self.pool: ExperiencePool | None = None
         self._rb_factors: np.ndarray | None = None
+        self._restored_rb_factors: np.ndarray | None = None
         self._since_relabel = 0
 
     # -- SB3 hooks -------------------------------------------------------------------------------
@@ -184,6 +185,9 @@ class HeronCallback(BaseCallback):
                 if "factors" in self.cfg.reward_model.inputs:
                     size = self.model.replay_buffer.buffer_size  # type: ignore[attr-defined]
                     self._rb_factors = np.zeros((size, n_envs, len(run.factor_names)), dtype=np.float32)
+                    restored = self._restored_rb_factors
+                    if restored is not None and restored.shape == self._rb_factors.shape:
+                        self._rb_factors[:] = restored
             self.pool = ExperiencePool(capacity, n_envs, run.features.widths)
         if run.progress:
             self._progress = _Progress(self.cfg.total_timesteps, self.num_timesteps)
@@ -377,11 +381,6 @@ class HeronCallback(BaseCallback):
         factors_file = ckpt / "replay_factors.npy"
         self._restored_rb_factors = np.load(factors_file) if factors_file.exists() else None
 
-    def _on_training_start(self) -> None:
-        restored = getattr(self, "_restored_rb_factors", None)
-        if restored is not None and self._rb_factors is not None and restored.shape == self._rb_factors.shape:
-            self._rb_factors[:] = restored
-
 
 def _next_observations(buffer: Any, upto: int) -> np.ndarray:
     if buffer.optimize_memory_usage:
@@ -498,7 +497,14 @@ def _env_factory(env: EnvSpec, env_kwargs: dict[str, Any]) -> tuple[Callable[[],
 
 def _prepare(cfg: RunConfig, env: EnvSpec, run_dir: Path | None, progress: bool) -> _Run:
     env_fn, env_name = _env_factory(env, cfg.env_kwargs)
-    probe = env_fn()
+    try:
+        probe = env_fn()
+    except gym.error.DependencyNotInstalled as err:
+        extra = REGISTRY[env_name].extra if env_name in REGISTRY else None
+        if extra:
+            raise ConfigError(f"env {env_name} needs `pip install heron-rl[{extra}]`") from None
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"env {env_name} needs a dependency that is not installed: {detail}") from None
     try:
         factor_names = probe_factor_names(probe, cfg.seed, f"env {env_name}")
     finally:
@@ -570,8 +576,8 @@ def _learn(run: _Run, model: BaseAlgorithm, callback: HeronCallback, remaining: 
         callback._evaluate()
     callback.checkpoint()
     if run.run_dir is not None:
-        report.plot_curves(
-            {run.cfg.method: callback.metrics},
+        report.plot_learning_curves(
+            {run.cfg.method: [callback.metrics]},
             run.run_dir / "learning_curve.png",
             f"{run.cfg.env} / {run.cfg.algorithm} / {run.cfg.method}",
         )

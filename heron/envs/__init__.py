@@ -24,7 +24,7 @@ class EnvInfo:
     :param description: one line for ``heron envs``.
     :param algorithm_defaults: tuned SB3 hyperparameters per algorithm name, used when the config
         gives none.
-    :param eval_episodes: episodes per evaluation by default.
+    :param extra: the ``heron-rl[...]`` extra the env needs, if any.
     """
 
     id: str
@@ -118,5 +118,65 @@ register(
                 "policy_kwargs": {"log_std_init": -3.67, "net_arch": [64, 64]},
             },
         },
+    )
+)
+
+# Gymnasium v5 MuJoCo robots (``pip install heron-rl[mujoco]``). Factors are the env's own reward
+# components (see heron/envs/mujoco.py); rankings and margins follow the HERON paper's code.
+_PPO_MUJOCO = {
+    "n_steps": 2048,
+    "batch_size": 64,
+    "learning_rate": 3e-4,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "n_epochs": 10,
+    "clip_range": 0.2,
+}
+_MUJOCO_DEFAULTS: dict[str, dict[str, Any]] = {"ppo": _PPO_MUJOCO, "sac": {"learning_starts": 10_000}}
+
+register(
+    EnvInfo(
+        id="heron/HalfCheetah-v5",
+        factors=("progress", "control_cost"),
+        hierarchy=Hierarchy([Factor("progress", "max", 0.5, "std"), Factor("control_cost", "min", 0.1, "std")]),
+        entry_point="heron.envs.mujoco:make_half_cheetah",
+        description="MuJoCo HalfCheetah run forward; env reward progress - control_cost",
+        algorithm_defaults=_MUJOCO_DEFAULTS,
+        extra="mujoco",
+    )
+)
+register(
+    EnvInfo(
+        id="heron/Hopper-v5",
+        factors=("progress", "alive", "control_cost"),
+        hierarchy=Hierarchy(
+            [
+                Factor("progress", "max", 0.1, "std"),
+                Factor("alive", "max", 0.2, "std"),
+                Factor("control_cost", "min", 0.5, "std"),
+            ]
+        ),
+        entry_point="heron.envs.mujoco:make_hopper",
+        description="MuJoCo Hopper hop forward; env reward progress + alive - control_cost",
+        algorithm_defaults=_MUJOCO_DEFAULTS,
+        extra="mujoco",
+    )
+)
+register(
+    EnvInfo(
+        id="heron/Ant-v5",
+        factors=("progress", "alive", "control_cost", "contact_cost"),
+        hierarchy=Hierarchy(
+            [
+                Factor("alive", "max", 1.0, "std"),
+                Factor("progress", "max", 0.5, "std"),
+                Factor("control_cost", "min", 0.5, "std"),
+                Factor("contact_cost", "min", 0.5, "std"),
+            ]
+        ),
+        entry_point="heron.envs.mujoco:make_ant",
+        description="MuJoCo Ant walk forward; env reward progress + alive - control_cost - contact_cost",
+        algorithm_defaults=_MUJOCO_DEFAULTS,
+        extra="mujoco",
     )
 )

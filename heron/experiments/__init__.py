@@ -1,0 +1,1 @@
+"""Experiments on top of heron.train: multi-seed sweeps, summaries, plots."""

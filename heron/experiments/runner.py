@@ -1,0 +1,307 @@
+"""``heron compare``: every (method, seed) run of one config, locally or on Ray, resumable.
+
+Runs sit on top of :func:`heron.training.run_config` and :func:`heron.training.resume`: each run
+has its own run directory, so a killed sweep loses only the work since each run's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from heron import report
+from heron.config import METHODS, validate
+from heron.envs import REGISTRY
+from heron.errors import ConfigError
+from heron.experiments.summary import summarize, write_summary
+
+_NOISE = re.compile(r"^heron-noise(\d+(?:\.\d+)?)$")
+SWAP = "heron-swap"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run of a sweep."""
+
+    method: str
+    seed: int
+    config: dict[str, Any]
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended: ``done``, ``skipped`` (already complete) or ``failed`` (with the error line)."""
+
+    method: str
+    seed: int
+    status: str
+    message: str = ""
+
+
+def load_sweep(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], float | None]:
+    """A compare config: a run config plus optional ``variants`` ({name: overrides}) and ``threshold``."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: invalid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    variants = data.pop("variants", None) or {}
+    threshold = data.pop("threshold", None)
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise ConfigError(f"{path}: variants must map names to setting overrides")
+    if threshold is not None and not isinstance(threshold, int | float):
+        raise ConfigError(f"{path}: threshold must be a number")
+    validate(data, str(path))
+    return data, variants, None if threshold is None else float(threshold)
+
+
+def resolve_method(base: dict[str, Any], name: str, variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The run config of one method name.
+
+    Names: a base method (``heron``, ``ground-truth``, ``weighted-sum``, ``flat-preference``), a
+    variant of the config, ``heron-noiseP`` (HERON with teacher noise P, e.g. ``heron-noise0.1``),
+    or ``heron-swap`` (HERON with the top two factors of the ranking swapped).
+    """
+    config = copy.deepcopy(base)
+    if name in variants:
+        overrides = copy.deepcopy(variants[name])
+        config["method"] = overrides.pop("method", "heron")
+        _merge(config, overrides)
+    elif name in METHODS:
+        config["method"] = name
+    elif (match := _NOISE.match(name)) is not None:
+        config["method"] = "heron"
+        config.setdefault("comparison", {})["teacher_noise"] = float(match.group(1))
+    elif name == SWAP:
+        config["method"] = "heron"
+        ranking = config.get("hierarchy") or _default_ranking(config["env"])
+        if len(ranking) < 2:
+            raise ConfigError("heron-swap: the ranking has fewer than two factors")
+        config["hierarchy"] = [ranking[1], ranking[0], *ranking[2:]]
+    else:
+        raise ConfigError(
+            f"unknown method {name!r} (choose from {', '.join(METHODS)}, heron-noiseP, {SWAP}, "
+            f"or a variant of the config: {', '.join(variants) or 'none defined'})"
+        )
+    validate(config, f"method {name}")
+    return config
+
+
+def _default_ranking(env: str) -> list[dict[str, Any]]:
+    if env not in REGISTRY:
+        raise ConfigError(f"heron-swap: env {env} has no default ranking; give a hierarchy")
+    return REGISTRY[env].as_json()["hierarchy"]
+
+
+def _merge(into: dict[str, Any], overrides: dict[str, Any]) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def plan(
+    base: dict[str, Any], methods: Sequence[str], seeds: Sequence[int], variants: dict[str, dict[str, Any]], out: Path
+) -> list[Job]:
+    """Every (method, seed) job, validated before anything runs."""
+    if not methods:
+        raise ConfigError("--methods: give at least one method")
+    if len(set(methods)) != len(methods):
+        raise ConfigError("--methods: a method is listed twice")
+    jobs = []
+    for method in methods:
+        config = resolve_method(base, method, variants)
+        for seed in seeds:
+            jobs.append(Job(method, seed, {**config, "seed": seed}, out / "runs" / method / f"seed{seed}"))
+    return jobs
+
+
+def run_job(job: Job) -> Outcome:
+    """Train, resume or skip one job; failures are reported, never raised."""
+    import torch
+
+    from heron.training import resume, run_config
+
+    torch.set_num_threads(1)
+    state_file = job.run_dir / "checkpoints" / "state.json"
+    try:
+        if state_file.exists():
+            if json.loads(state_file.read_text()).get("complete"):
+                return Outcome(job.method, job.seed, "skipped")
+            resume(job.run_dir)
+        else:
+            if job.run_dir.exists():
+                shutil.rmtree(job.run_dir)  # started but never checkpointed: nothing to keep
+            run_config(validate(job.config, f"{job.method} seed {job.seed}"), out=job.run_dir)
+    except Exception as err:  # one failed run must not stop the sweep
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return Outcome(job.method, job.seed, "failed", f"{type(err).__name__}: {first}")
+    return Outcome(job.method, job.seed, "done")
+
+
+def _run_local(jobs: list[Job], workers: int, on_event: Callable[[str, Job, Outcome | None], None]) -> list[Outcome]:
+    outcomes = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        pending: dict[Future[Outcome], Job] = {}
+        queue = list(jobs)
+        while queue or pending:
+            while queue and len(pending) < workers:
+                job = queue.pop(0)
+                pending[pool.submit(run_job, job)] = job
+                on_event("start", job, None)
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = pending.pop(future)
+                outcome = future.result()
+                outcomes.append(outcome)
+                on_event("end", job, outcome)
+    return outcomes
+
+
+def _run_ray(
+    jobs: list[Job], address: str | None, on_event: Callable[[str, Job, Outcome | None], None]
+) -> list[Outcome]:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--backend ray needs `pip install heron-rl[ray]`") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=1)(run_job)
+        refs = {}
+        for job in jobs:
+            refs[remote.remote(job)] = job
+            on_event("start", job, None)
+        outcomes = []
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            outcome = ray.get(done[0])
+            outcomes.append(outcome)
+            on_event("end", refs[done[0]], outcome)
+        return outcomes
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+@dataclass
+class CompareResult:
+    """What a sweep produced: the per-method summary table, each job's outcome, and the files."""
+
+    table: list[dict[str, object]]
+    outcomes: list[Outcome]
+    out: Path
+
+
+def compare(
+    config: str | Path,
+    methods: Sequence[str],
+    seeds: int | Sequence[int],
+    out: str | Path,
+    *,
+    backend: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    threshold: float | None = None,
+    progress: bool = True,
+) -> CompareResult:
+    """Run every (method, seed) of a config and write the summary table and plots into ``out``.
+
+    :param config: a YAML run config, optionally with ``variants`` and ``threshold``.
+    :param methods: method names (see :func:`resolve_method`).
+    :param seeds: a number of seeds (0..N-1) or explicit seeds.
+    :param out: the sweep directory; runs already complete there are skipped, interrupted ones resumed.
+    :param backend: ``local`` (a process pool) or ``ray`` (a Ray cluster; local when no address).
+    :param workers: local processes (default: the machine's cores).
+    :param threshold: return for ``steps_to_threshold`` (default: the config's, if any).
+    """
+    base, variants, config_threshold = load_sweep(config)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise ConfigError("--seeds must be at least 1")
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"--backend must be local or ray, got {backend!r}")
+    out = Path(out)
+    jobs = plan(base, methods, seed_list, variants, out)
+    out.mkdir(parents=True, exist_ok=True)
+    threshold = config_threshold if threshold is None else threshold
+    with _Status(len(jobs), progress) as status:
+        if backend == "ray":
+            outcomes = _run_ray(jobs, address, status.event)
+        else:
+            outcomes = _run_local(jobs, workers or os.cpu_count() or 1, status.event)
+    curves = {m: [report.read_metrics(j.run_dir / "metrics.csv") for j in jobs if j.method == m] for m in methods}
+    curves = {m: [rows for rows in runs if rows] for m, runs in curves.items()}
+    title = f"{base['env']} / {base.get('algorithm', 'ppo')} / {base.get('total_timesteps')} steps"
+    table = summarize(curves, threshold)
+    write_summary(table, out, title, threshold)
+    report.plot_learning_curves(curves, out / "learning_curves.png", title)
+    report.plot_diagnostics(curves, out / "diagnostics.png", title)
+    (out / "outcomes.json").write_text(json.dumps([o.__dict__ for o in outcomes], indent=1))
+    return CompareResult(table, outcomes, out)
+
+
+class _Status:
+    """Overall progress: runs done, running, failed (a rich progress bar, or nothing)."""
+
+    def __init__(self, total: int, show: bool) -> None:
+        self.total, self.show = total, show
+        self.running = self.done = self.failed = 0
+
+    def __enter__(self) -> _Status:
+        if self.show:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]runs"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+            )
+            self.task = self.bar.add_task(self._text(), total=self.total)
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.show:
+            self.bar.stop()
+
+    def _text(self) -> str:
+        return f"running {self.running}, failed {self.failed}"
+
+    def event(self, kind: str, job: Job, outcome: Outcome | None) -> None:
+        if kind == "start":
+            self.running += 1
+        else:
+            self.running -= 1
+            self.done += 1
+            if outcome is not None and outcome.status == "failed":
+                self.failed += 1
+                if self.show:
+                    self.bar.console.print(f"[red]failed[/] {job.method} seed {job.seed}: {outcome.message}")
+        if self.show:
+            self.bar.update(self.task, completed=self.done, description=self._text())

@@ -1,0 +1,189 @@
+"""`heron compare`: the multi-seed runner, its summary and plots, resume, and the Ray backend."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from heron import ConfigError
+from heron.cli import app
+from heron.experiments.runner import compare, resolve_method
+from heron.experiments.summary import mean_ci
+
+runner = CliRunner()
+SWEEP = {
+    "env": "heron/Pendulum-v1",
+    "total_timesteps": 512,
+    "algorithm_kwargs": {"n_steps": 256, "batch_size": 64},
+    "reward_model": {"hidden": [16]},
+    "comparison": {"pairs": 128},
+    "eval": {"every": 256, "episodes": 1},
+    "threshold": -2000,
+    "variants": {
+        "heron-margin": {
+            "hierarchy": [
+                {"name": "angle", "direction": "min", "margin": 0.5, "margin_mode": "std"},
+                {"name": "torque", "direction": "min"},
+            ]
+        }
+    },
+}
+
+
+def write_sweep(tmp_path: Path, **changes: object) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**SWEEP, **changes}))
+    return path
+
+
+def test_mean_ci_matches_student_t() -> None:
+    mean, half = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / 3**0.5)
+    assert mean_ci([5.0])[0] == 5.0
+
+
+def test_method_names_resolve() -> None:
+    base = {k: v for k, v in SWEEP.items() if k not in ("threshold", "variants")}
+    assert resolve_method(base, "heron-noise0.2", {})["comparison"]["teacher_noise"] == 0.2
+    swapped = resolve_method(base, "heron-swap", {})["hierarchy"]
+    assert [f["name"] for f in swapped] == ["angular_velocity", "angle", "torque"]
+    variant = resolve_method(base, "heron-margin", SWEEP["variants"])
+    assert variant["method"] == "heron" and variant["hierarchy"][0]["margin"] == 0.5
+    assert variant["comparison"] == {"pairs": 128}
+    with pytest.raises(ConfigError, match="unknown method 'magic'"):
+        resolve_method(base, "magic", {})
+
+
+def test_compare_writes_summary_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    methods = ["heron", "ground-truth", "heron-margin"]
+    result = compare(write_sweep(tmp_path), methods, 2, out, workers=2, progress=False)
+    assert [o.status for o in result.outcomes] == ["done"] * 6
+    with (out / "summary.csv").open() as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert set(rows) == set(methods)
+    for row in rows.values():
+        assert row["seeds"] == "2"
+        for column in (
+            "final_return",
+            "final_return_ci95",
+            "auc",
+            "steps_to_threshold",
+            "wall_clock_s",
+            "factor/angle",
+            "factor/torque",
+        ):
+            assert row[column] != "", column
+    summary = (out / "summary.md").read_text()
+    assert "| heron-margin | 2 |" in summary and "±" in summary
+    for plot in ("learning_curves.png", "diagnostics.png"):
+        assert (out / plot).stat().st_size > 0
+    # A second call finds every run complete and skips it.
+    again = compare(write_sweep(tmp_path), methods, 2, out, workers=2, progress=False)
+    assert {o.status for o in again.outcomes} == {"skipped"}
+
+
+def test_failed_runs_are_reported_not_raised(tmp_path: Path) -> None:
+    config = write_sweep(tmp_path, algorithm_kwargs={"n_stepz": 3}, variants={})
+    result = runner.invoke(
+        app,
+        [
+            "compare",
+            str(config),
+            "--methods",
+            "heron",
+            "--seeds",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+            "--workers",
+            "1",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "failed: heron seed 0: ConfigError: algorithm_kwargs" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--methods", "heron,heron"], "listed twice"),
+        (["--methods", "magic"], "unknown method"),
+        (["--backend", "spark"], "--backend"),
+    ],
+)
+def test_compare_bad_input_exits_2(tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["compare", str(write_sweep(tmp_path)), *args, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_killed_sweep_resumes(tmp_path: Path) -> None:
+    """Kill the sweep mid-way: rerunning it keeps finished runs and resumes the others."""
+    config = write_sweep(tmp_path, total_timesteps=4096, variants={})
+    out = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "heron",
+            "compare",
+            str(config),
+            "--methods",
+            "heron,ground-truth",
+            "--seeds",
+            "1",
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--no-progress",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    states = [out / "runs" / m / "seed0" / "checkpoints" / "state.json" for m in ("heron", "ground-truth")]
+    deadline = time.monotonic() + 180
+    while not all(s.exists() for s in states) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {s: json.loads(s.read_text())["num_timesteps"] for s in states}
+    assert any(not json.loads(s.read_text())["complete"] for s in states)
+    result = compare(config, ["heron", "ground-truth"], 1, out, workers=2, progress=False)
+    assert {o.status for o in result.outcomes} <= {"done", "skipped"}
+    for state in states:
+        final = json.loads(state.read_text())
+        assert final["complete"] and final["num_timesteps"] >= before[state]
+        steps = [int(line.split(",")[0]) for line in (state.parents[1] / "metrics.csv").read_text().splitlines()[1:]]
+        assert steps == sorted(set(steps)) and steps[-1] == 4096
+
+
+def test_compare_on_local_ray(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("ray")
+    # Ray's socket paths must stay under 107 characters: pytest's tmp_path is too deep for them.
+    ray_tmp = Path("/tmp") / f"heron-ray-{os.getpid()}"
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    out = tmp_path / "sweep"
+    try:
+        result = compare(
+            write_sweep(tmp_path, variants={}), ["heron", "weighted-sum"], 1, out, backend="ray", progress=False
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert [o.status for o in result.outcomes] == ["done", "done"]
+    assert (out / "summary.md").exists()
