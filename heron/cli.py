@@ -107,8 +107,8 @@ def demo(
     table = Table(
         title=f"{DEMO_ENV}: final evaluation (ground-truth return; factor totals per episode, lower is better)"
     )
-    table.add_column("method")
-    table.add_column("return", justify="right")
+    table.add_column("method", no_wrap=True)
+    table.add_column("return", justify="right", no_wrap=True)
     for name in rows[0].factors:
         table.add_column(name, justify="right")
     table.add_column("pair acc.", justify="right")
@@ -121,7 +121,7 @@ def demo(
             "-" if row.rm_accuracy is None else f"{row.rm_accuracy:.2f}",
             f"{row.wall_clock_s:.1f} s",
         )
-    console.print(table)
+    _print_wide(table)
     console.print(f"plot: {plot}")
 
 
@@ -181,7 +181,7 @@ def envs(
         print(json.dumps([info.as_json() for info in REGISTRY.values()], indent=2))
         return
     table = Table(title="factorized environments")
-    table.add_column("id")
+    table.add_column("id", no_wrap=True)
     table.add_column("factors")
     table.add_column("default ranking (most important first)")
     table.add_column("description")
@@ -191,7 +191,12 @@ def envs(
             for f in info.hierarchy.factors
         )
         table.add_row(info.id, ", ".join(info.factors), ranking, info.description)
-    console.print(table)
+    _print_wide(table)
+
+
+def _print_wide(table: Table) -> None:
+    """Print a table at least 120 columns wide, even when the output is not a terminal."""
+    Console(width=max(console.width, 120)).print(table)
 
 
 def main() -> None:

@@ -96,32 +96,44 @@ def plot_learning_curves(curves: Curves, path: Path, title: str) -> None:
 
 
 def plot_diagnostics(curves: Curves, path: Path, title: str) -> None:
-    """Reward-model pair accuracy and the share of pairs decided at each level, over training."""
-    learned = {m: [r for r in runs if r and "rm_accuracy" in r[-1]] for m, runs in curves.items()}
+    """Reward-model pair accuracy per method, and per method the share of pairs each level decided.
+
+    Only methods with a learned reward appear; shares are stacked (most important level at the
+    bottom, pairs left unlabeled on top) and averaged over seeds.
+    """
+    learned = {
+        m: [r for r in runs if r and any(not math.isnan(row.get("rm_accuracy", math.nan)) for row in r)]
+        for m, runs in curves.items()
+    }
     learned = {m: runs for m, runs in learned.items() if runs}
-    fig = Figure(figsize=(11, 4))
-    axes = fig.subplots(1, 2)
-    for method, runs in learned.items():
+    panels = 1 + len(learned)
+    cols = min(panels, 4)
+    rows = -(-panels // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    for ax, (method, runs) in zip(axes[1:], learned.items(), strict=False):
         length = min(len(r) for r in runs)
         steps = [row["step"] for row in runs[0][:length]]
-        acc = _nanmean([[row.get("rm_accuracy", math.nan) for row in r[:length]] for r in runs])
-        axes[0].plot(steps, acc, label=method)
-        levels = [k for k in runs[0][-1] if k.startswith("decided/")]
-        for level in levels:
-            share = _nanmean([[row.get(level, math.nan) for row in r[:length]] for r in runs])
-            axes[1].plot(steps, share, label=f"{method}: {level.removeprefix('decided/')}")
-    axes[0].set_title("reward-model accuracy on unseen pairs")
-    axes[0].set_ylim(0.4, 1.0)
-    axes[1].set_title("share of pairs decided at each level")
-    axes[1].set_ylim(0, 1)
-    for ax in axes:
+        accuracy = _nanmean([[row.get("rm_accuracy", math.nan) for row in r[:length]] for r in runs])
+        axes[0].plot(steps, accuracy, label=method)
+        levels = [k for k in runs[0][-1] if k.startswith("decided/")] + ["unlabeled"]
+        levels = [k for k in levels if any(not math.isnan(row.get(k, math.nan)) for r in runs for row in r)]
+        shares = [np.nan_to_num(_nanmean([[row.get(k, math.nan) for row in r[:length]] for r in runs])) for k in levels]
+        ax.stackplot(steps, shares, labels=[k.removeprefix("decided/") for k in levels], alpha=0.8)
+        ax.set_title(f"{method}: pairs decided per level", fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_title("reward-model accuracy on unseen pairs", fontsize=9)
+    if learned:
+        axes[0].legend(fontsize=7)
+    for ax in axes[:panels]:
         ax.set_xlabel("env steps")
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def _nanmean(values: list[list[float]]) -> np.ndarray:
