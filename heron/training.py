@@ -44,6 +44,7 @@ from heron.preferences import (
     sample_pairs,
 )
 from heron.reward_model import BradleyTerryTrainer, RewardModel, TrainerConfig, Units
+from heron.slots import SlotVecEnv, slot_count
 
 ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {
     "ppo": PPO,
@@ -65,6 +66,7 @@ class TrainResult:
     :param reward_model: the learned reward model (None for ``ground-truth`` and ``weighted-sum``).
     :param metrics: one row per evaluation (see ``metrics.csv``).
     :param run_dir: where the run's files are, if it was given one.
+    :param config: the validated settings the run used.
     """
 
     model: BaseAlgorithm
@@ -263,10 +265,13 @@ class HeronCallback(BaseCallback):
             "rm_accuracy": stats.accuracy_before,
             "rm_loss": stats.loss,
             "pairs_labeled": stats.pairs,
-            **{f"decided/{n}": float(s) for n, s in zip(self.run.factor_names, shares[:-1], strict=True)},
             "unlabeled": float(shares[-1]),
             "nonfinite": int(result.nonfinite.sum()),
         }
+        if isinstance(self.run.teacher, HierarchyTeacher):  # a weighted-sum teacher has no levels
+            self.diagnostics.update(
+                {f"decided/{n}": float(s) for n, s in zip(self.run.factor_names, shares[:-1], strict=True)}
+            )
         for key, value in self.diagnostics.items():
             self.logger.record(f"heron/{key}", value)
         self._last_refit = self.num_timesteps
@@ -535,7 +540,16 @@ def _algorithm_kwargs(cfg: RunConfig) -> dict[str, Any]:
 
 def _build(run: _Run) -> tuple[VecEnv, dict[str, Any]]:
     cfg = run.cfg
-    venv = DummyVecEnv([lambda: Monitor(run.env_fn()) for _ in range(cfg.n_envs)])
+    first = run.env_fn()
+    slots = slot_count(first)
+    venv: VecEnv
+    if slots is None:
+        venv = DummyVecEnv([lambda: Monitor(first)] + [lambda: Monitor(run.env_fn())] * (cfg.n_envs - 1))
+    elif cfg.n_envs != 1:
+        first.close()
+        raise ConfigError(f"n_envs: must be 1 for an env with slots ({cfg.env} steps its {slots} slots as one VecEnv)")
+    else:
+        venv = SlotVecEnv(first)
     venv.seed(cfg.seed)
     if cfg.method == "ground-truth":
         mode = "env"
@@ -572,6 +586,8 @@ def _tensorboard(run_dir: Path | None) -> str | None:
 def _learn(run: _Run, model: BaseAlgorithm, callback: HeronCallback, remaining: int) -> TrainResult:
     if remaining > 0:
         model.learn(total_timesteps=remaining, callback=callback, reset_num_timesteps=False, tb_log_name="run")
+    else:  # nothing left to train (resuming a finished run): the callback still evaluates and saves
+        callback.init_callback(model)
     if not callback.metrics or callback.metrics[-1]["step"] != model.num_timesteps:
         callback._evaluate()
     callback.checkpoint()

@@ -260,3 +260,11 @@ def test_resume_continues_from_checkpoint(tmp_path) -> None:
     assert steps == [400, 800, 1024, 1280]
     assert result.model.num_timesteps == 1280
     assert json.loads(state_file.read_text())["complete"]
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path) -> None:
+    out = tmp_path / "run"
+    first = _pendulum("ppo", out=out)
+    again = heron.resume(out)
+    assert again.model.num_timesteps == first.model.num_timesteps
+    assert [m["step"] for m in again.metrics] == [m["step"] for m in first.metrics]
