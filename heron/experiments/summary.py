@@ -68,7 +68,10 @@ def write_summary(table: Sequence[Mapping[str, object]], out: Path, title: str, 
     for row in table:
         cells = [str(row["method"]), str(row["seeds"])]
         for key in figures:
-            cells.append(_pm(row.get(key), row.get(f"{key}_ci95")))
+            cell = _pm(row.get(key), row.get(f"{key}_ci95"))
+            if key == "steps_to_threshold":
+                cell += f" ({row['reached_threshold']}/{row['seeds']} reached)"
+            cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Values are means over seeds ± the half-width of the 95% confidence interval (Student t)."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
