@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
-import time
 
 import numpy as np
+from _timing import median_time
 
 from heron.hierarchy import Factor, Hierarchy, finite_std
 
@@ -79,16 +78,6 @@ def loop_compare(hierarchy: Hierarchy, za: np.ndarray, zb: np.ndarray) -> list[i
             break  # decided, or unusable (non-finite): unlabeled
         labels.append(label)
     return labels
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

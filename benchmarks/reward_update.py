@@ -8,9 +8,10 @@ minibatch of 256 pairs, and one AdamW step (lr 1e-3, weight decay 1e-4) per mini
 ``torch.set_num_threads(2)``.
 
 * heron: ``BradleyTerryTrainer.fit`` (one epoch) on a ``RewardModel`` over transition units
-  (``Units`` with an index of shape (U, 1)). The timed call includes what ``fit`` does besides
-  training: the pair-accuracy evaluations before and after (forward passes over all pairs). The
-  "training steps" row takes two separately timed ``trainer.accuracy`` calls off the ``fit`` time.
+  (``Units`` with an index of shape (U, 1)), timed as a whole (it includes the pair-accuracy pass
+  before training). Pairs are drawn as in training: each minibatch's pairs among 64 units
+  (``comparison.units_per_batch``), each distinct unit scored once per minibatch; a second row
+  draws independent pairs.
 * loop: the pattern of the reference research code: a ``torch.nn.Sequential``
   (Linear-ReLU-Linear-ReLU-Linear), one forward per sample of each pair, the loss accumulated pair
   by pair, one backward and optimizer step per minibatch. Timed on a few minibatches.
@@ -23,11 +24,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _timing import median_time
 from torch import nn
 
 from heron.preferences import sample_pairs
@@ -102,16 +103,6 @@ def check_same_loss(model: nn.Sequential, units: Units, pairs: torch.Tensor) -> 
             / BATCH
         )
     return abs(float(heron_loss) - float(loop_loss))
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
