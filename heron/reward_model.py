@@ -184,18 +184,25 @@ class BradleyTerryTrainer:
         winners = torch.where(labels > 0, pairs[:, 0], pairs[:, 1])
         losers = torch.where(labels > 0, pairs[:, 1], pairs[:, 0])
         before = self.accuracy(units, winners[labeled], losers[labeled])
-        weight = labeled.float()
-        blocks = torch.arange(len(pairs)).split(self.config.batch_size)
+        # Everything a minibatch needs is gathered once per fit, not once per step: its distinct
+        # units' step rows and mask, and where each pair's winner and loser sit among them.
+        blocks = []
+        for batch in torch.arange(len(pairs)).split(self.config.batch_size):
+            w = labeled[batch]
+            if not w.any():
+                continue
+            distinct, where = torch.unique(torch.cat([winners[batch], losers[batch]]), return_inverse=True)
+            index = units.index[distinct]
+            rows = units.rows[index.clamp_min(0).reshape(-1)]
+            blocks.append((rows, index >= 0, where.reshape(2, -1), w.float(), float(w.sum())))
         self.model.train()
         losses = []
         for _ in range(self.config.epochs):
             for b in torch.randperm(len(blocks), generator=self.generator).tolist():
-                batch = blocks[b]
-                w = weight[batch]
-                if not w.any():
-                    continue
-                margin = self._margins(units, winners[batch], losers[batch])
-                loss = -(F.logsigmoid(margin) * w).sum(-1).mean() / w.sum()
+                rows, mask, where, w, n = blocks[b]
+                scores = torch.where(mask, self.model(rows).reshape(-1, *mask.shape), 0.0).sum(-1)
+                margin = scores[:, where[0]] - scores[:, where[1]]
+                loss = -(F.logsigmoid(margin) * w).sum(-1).mean() / n
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
