@@ -30,10 +30,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=[c[0] for c in CASES], help="run one algorithm's case")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; repeats {args.repeats}, seed {args.seed}")
     print(f"{'algorithm':<9} {'steps':>6} {'method':<12} {'best s':>8} {'all runs s':<22} {'return':>8}")
     for algorithm, steps, target in CASES:
+        if args.only and algorithm != args.only:
+            continue
         times: dict[str, list[float]] = {"ground-truth": [], "heron": []}
         returns: dict[str, list[float]] = {"ground-truth": [], "heron": []}
         for _ in range(args.repeats):
