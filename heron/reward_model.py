@@ -28,10 +28,6 @@ class Units:
     rows: torch.Tensor
     index: torch.Tensor
 
-    @property
-    def mask(self) -> torch.Tensor:
-        return self.index >= 0
-
 
 @dataclass
 class FitStats:
