@@ -178,20 +178,24 @@ def validate(data: Any, source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}: {err}") from None
 
 
-def load(path: str | Path) -> RunConfig:
-    """Read and validate a YAML config file."""
+def read_yaml(path: str | Path) -> Any:
+    """The parsed contents of a YAML file; a :class:`ConfigError` when it cannot be read or parsed."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: invalid YAML{where}") from None
-    return validate(data, str(path))
+
+
+def load(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config file."""
+    return validate(read_yaml(path), str(path))
 
 
 def _first_error(err: ValidationError) -> str:

@@ -7,6 +7,7 @@ from typing import Any, SupportsFloat
 
 import gymnasium as gym
 
+from heron.envs import make_env
 from heron.errors import ConfigError, FactorError
 
 FactorFn = Callable[[Any, Any, Any, SupportsFloat, dict[str, Any]], float]
@@ -120,14 +121,7 @@ def factorize(env_or_id: gym.Env | str, **make_kwargs: Any) -> RewardInfoFactors
     :raises ConfigError: for an unknown id, kwargs given with an env, or a missing dependency.
     """
     if isinstance(env_or_id, str):
-        if env_or_id not in gym.registry:
-            raise ConfigError(f"factorize: unknown environment {env_or_id!r}")
-        try:
-            env = gym.make(env_or_id, **make_kwargs)
-        except gym.error.DependencyNotInstalled as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"env {env_or_id} needs a dependency that is not installed: {first}") from None
-        return RewardInfoFactors(env, env_or_id)
+        return RewardInfoFactors(make_env(env_or_id, **make_kwargs), env_or_id)
     if make_kwargs:
         raise ConfigError(f"factorize: make kwargs ({', '.join(make_kwargs)}) only apply to an env id")
     if not isinstance(env_or_id, gym.Env):

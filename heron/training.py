@@ -30,7 +30,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper
 
 from heron import report
 from heron.config import RunConfig, from_hierarchy, to_hierarchy, validate
-from heron.envs import REGISTRY
+from heron.envs import REGISTRY, make_env
 from heron.errors import ConfigError
 from heron.factors import probe_factor_names, read_factors
 from heron.hierarchy import Factor, Hierarchy, finite_std
@@ -489,9 +489,7 @@ class _Run:
 
 def _env_factory(env: EnvSpec, env_kwargs: dict[str, Any]) -> tuple[Callable[[], gym.Env], str]:
     if isinstance(env, str):
-        if env not in gym.registry:
-            raise ConfigError(f"env: unknown environment {env!r} (see `heron envs`)")
-        return (lambda: gym.make(env, **env_kwargs)), env
+        return (lambda: make_env(env, **env_kwargs)), env
     if isinstance(env, gym.Env):
         template = env
         return (lambda: copy.deepcopy(template)), type(env).__name__
@@ -502,14 +500,7 @@ def _env_factory(env: EnvSpec, env_kwargs: dict[str, Any]) -> tuple[Callable[[],
 
 def _prepare(cfg: RunConfig, env: EnvSpec, run_dir: Path | None, progress: bool) -> _Run:
     env_fn, env_name = _env_factory(env, cfg.env_kwargs)
-    try:
-        probe = env_fn()
-    except gym.error.DependencyNotInstalled as err:
-        extra = REGISTRY[env_name].extra if env_name in REGISTRY else None
-        if extra:
-            raise ConfigError(f"env {env_name} needs `pip install heron-rl[{extra}]`") from None
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"env {env_name} needs a dependency that is not installed: {detail}") from None
+    probe = env_fn()
     try:
         factor_names = probe_factor_names(probe, cfg.seed, f"env {env_name}")
     finally:

@@ -10,6 +10,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from heron.errors import ConfigError
 from heron.hierarchy import Factor, Hierarchy
 
 
@@ -47,6 +48,21 @@ class EnvInfo:
 
 
 REGISTRY: dict[str, EnvInfo] = {}
+
+
+def make_env(env_id: str, **kwargs: Any) -> gym.Env:
+    """``gymnasium.make`` with one-line :class:`heron.ConfigError` messages for an unknown id or an
+    env whose optional dependency is not installed (naming the heron-rl extra when it has one)."""
+    if env_id not in gym.registry:
+        raise ConfigError(f"env: unknown environment {env_id!r} (see `heron envs`)")
+    try:
+        return gym.make(env_id, **kwargs)
+    except gym.error.DependencyNotInstalled as err:
+        extra = REGISTRY[env_id].extra if env_id in REGISTRY else None
+        if extra:
+            raise ConfigError(f"env {env_id} needs `pip install heron-rl[{extra}]`") from None
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"env {env_id} needs a dependency that is not installed: {detail}") from None
 
 
 def register(info: EnvInfo) -> None:

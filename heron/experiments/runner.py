@@ -18,10 +18,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from heron import report
-from heron.config import METHODS, validate
+from heron.config import METHODS, read_yaml, validate
 from heron.envs import REGISTRY
 from heron.errors import ConfigError
 from heron.experiments.summary import summarize, write_summary
@@ -52,13 +50,7 @@ class Outcome:
 
 def load_sweep(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], float | None]:
     """A compare config: a run config plus optional ``variants`` ({name: overrides}) and ``threshold``."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
-    except yaml.YAMLError:
-        raise ConfigError(f"{path}: invalid YAML") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings")
     variants = data.pop("variants", None) or {}
