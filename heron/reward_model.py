@@ -191,20 +191,50 @@ class BradleyTerryTrainer:
             index = units.index[distinct]
             rows = units.rows[index.clamp_min(0).reshape(-1)]
             blocks.append((rows, index >= 0, where.reshape(2, -1), w.float(), float(w.sum())))
-        self.model.train()
         losses = []
         for _ in range(self.config.epochs):
             for b in torch.randperm(len(blocks), generator=self.generator).tolist():
-                rows, mask, where, w, n = blocks[b]
-                scores = torch.where(mask, self.model(rows).reshape(-1, *mask.shape), 0.0).sum(-1)
-                margin = scores[:, where[0]] - scores[:, where[1]]
-                loss = -(F.logsigmoid(margin) * w).sum(-1).mean() / n
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                losses.append(self.loss_and_gradients(*blocks[b]))
                 self.optimizer.step()
-                losses.append(loss.detach())
-        self.model.eval()
         return FitStats(float(torch.stack(losses).mean()), before, n_labeled)
+
+    @torch.no_grad()
+    def loss_and_gradients(
+        self, rows: torch.Tensor, mask: torch.Tensor, where: torch.Tensor, weight: torch.Tensor, n: float
+    ) -> torch.Tensor:
+        """Bradley-Terry loss of one minibatch; its gradient is written to every parameter's ``.grad``.
+
+        The backward pass of the MLP is written out (a handful of batched matmuls) instead of going
+        through autograd: for networks this small the autograd graph costs more than the arithmetic
+        (0.55 against 0.88 ms per 256-pair step on 2 cores). ``tests/test_reward_model.py`` checks
+        the gradients against autograd's.
+
+        :param rows: step features of the minibatch's distinct units, shape (U * L, D).
+        :param mask: which of each unit's L step slots are real, shape (U, L).
+        :param where: positions of each pair's winner (row 0) and loser (row 1) among the U units.
+        :param weight: 1 for a labeled pair, 0 for an unlabeled one; ``n`` is their sum.
+        """
+        weights, biases = list(self.model.weights), list(self.model.biases)
+        ensemble = len(weights[0])
+        activations = [rows.unsqueeze(0).expand(ensemble, -1, -1)]
+        h = activations[0]
+        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            h = torch.baddbmm(b, h, w)
+            if i < len(weights) - 1:
+                h = h.relu_()
+                activations.append(h)
+        scores = (h.reshape(ensemble, *mask.shape) * mask).sum(-1)
+        margin = scores[:, where[0]] - scores[:, where[1]]
+        loss = -(F.logsigmoid(margin) * weight).sum(-1).mean() / n
+        d_margin = torch.sigmoid(-margin).mul_(weight).mul_(-1.0 / (n * ensemble))
+        d_scores = torch.zeros_like(scores).index_add_(1, where[0], d_margin).index_add_(1, where[1], -d_margin)
+        grad = (d_scores.unsqueeze(-1) * mask).reshape(ensemble, -1, 1)
+        for i in reversed(range(len(weights))):
+            weights[i].grad = torch.bmm(activations[i].transpose(1, 2), grad)
+            biases[i].grad = grad.sum(1, keepdim=True)
+            if i > 0:
+                grad = torch.bmm(grad, weights[i].transpose(1, 2)).mul_(activations[i] > 0)
+        return loss
 
     def _margins(self, units: Units, winners: torch.Tensor, losers: torch.Tensor) -> torch.Tensor:
         """Score differences (E, B), each distinct unit scored once."""

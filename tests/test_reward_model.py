@@ -253,3 +253,30 @@ def test_grouped_pairs_learn_as_well_and_unlabeled_pairs_are_ignored():
     held_out, z_new = make_units(rng, 600, 1, np.eye(3))
     new_pairs, new_labels, _ = labeled_pairs(rng, z_new, 3000)
     assert trainer.accuracy(held_out, *winners_losers(new_pairs, new_labels)) > 0.95
+
+
+@pytest.mark.parametrize(("ensemble", "length", "hidden"), [(1, 1, (16, 16)), (3, 4, (8,)), (2, 3, (8, 6, 4))])
+def test_written_out_gradients_equal_autograd(ensemble, length, hidden):
+    """The trainer's hand-written backward pass gives autograd's loss and gradients: ensembles,
+    padded segments, unlabeled pairs (weight 0) and any depth."""
+    rng = np.random.default_rng(ensemble + length)
+    units, _ = make_units(rng, 12, length, np.eye(3))
+    model = RewardModel(3, hidden=hidden, ensemble=ensemble)
+    trainer = BradleyTerryTrainer(model, TrainerConfig())
+    where = torch.from_numpy(rng.integers(0, 12, (2, 40)))
+    weight = torch.from_numpy((rng.random(40) < 0.8).astype(np.float32))
+    n = float(weight.sum())
+    mask = units.index >= 0
+    rows = units.rows[units.index.clamp_min(0).reshape(-1)]
+
+    loss = trainer.loss_and_gradients(rows, mask, where, weight, n)
+    written = [p.grad.clone() for p in model.parameters()]
+
+    model.zero_grad(set_to_none=True)
+    scores = torch.where(mask, model(rows).reshape(ensemble, *mask.shape), 0.0).sum(-1)
+    margin = scores[:, where[0]] - scores[:, where[1]]
+    reference = -(torch.nn.functional.logsigmoid(margin) * weight).sum(-1).mean() / n
+    reference.backward()
+    torch.testing.assert_close(loss, reference.detach())
+    for got, expected in zip(written, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(got, expected)
