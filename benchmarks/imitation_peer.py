@@ -54,8 +54,8 @@ Protocol differences, all reported rather than hidden:
   (``flat-preference``), at heron's default comparison settings.
 * wall-clock: imitation's is measured inside its worker from building the env to the end of its
   final 5-episode evaluation (interpreter start-up and imports excluded); heron's is measured around
-  ``heron.train`` (imports excluded), which also runs heron's periodic evaluations (about 10 of 5
-  deterministic episodes each, i.e. roughly 10,000 extra policy steps that imitation does not pay).
+  ``heron.train`` (imports excluded) with ``eval.every`` set to the budget, so that heron too
+  evaluates once, at the end (5 deterministic episodes), and writes one checkpoint.
 * final return: both are the mean true Pendulum return of 5 deterministic episodes of the trained
   agent after training (heron: its last evaluation; imitation: the same loop on a fresh
   gymnasium 0.29 ``Pendulum-v1``, episodes seeded ``seed + 10000 + k``). The agent evaluated on the
@@ -223,7 +223,9 @@ def run_imitation(python: Path, steps: int, seed: int) -> dict[str, Any]:
 
 def run_heron(method: str, steps: int, seed: int) -> dict[str, Any]:
     start = time.perf_counter()
-    result = heron.train(ENV_ID, algorithm="ppo", method=method, total_timesteps=steps, seed=seed)
+    result = heron.train(
+        ENV_ID, algorithm="ppo", method=method, total_timesteps=steps, seed=seed, eval={"every": steps, "episodes": 5}
+    )
     seconds = time.perf_counter() - start
     agent_steps = int(result.model.num_timesteps)
     return {

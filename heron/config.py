@@ -37,6 +37,13 @@ class RewardModelConfig(_Strict):
     :param hidden: hidden layer widths of the MLP.
     :param ensemble: members trained together (one batched network).
     :param normalize: standardize the learned reward after each refit (strongly recommended).
+    :param offset: what a standardized reward of 0 means. A Bradley-Terry reward is only defined up
+        to a constant, and in envs whose episodes can end early that constant decides whether
+        living longer pays. ``mean``: the mean of the latest data (the default; right when every
+        episode runs its full length). ``low``: its 1st percentile, so almost every step earns a
+        positive reward and staying alive pays (envs that end on failure, e.g. Hopper, Ant).
+        ``high``: its 99th percentile, so steps cost and ending sooner pays (envs that end on
+        success, e.g. MountainCar).
     :param lr: Adam learning rate.
     :param weight_decay: L2 penalty.
     :param epochs: passes over each refit's pairs.
@@ -47,6 +54,7 @@ class RewardModelConfig(_Strict):
     hidden: tuple[int, ...] = (256, 256)
     ensemble: int = Field(1, ge=1)
     normalize: bool = True
+    offset: Literal["mean", "low", "high"] = "mean"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     epochs: int = Field(2, ge=1)
@@ -78,8 +86,11 @@ class ComparisonConfig(_Strict):
     :param pairs: pairs drawn per refit.
     :param units_per_batch: each minibatch's pairs are drawn among this many units, so each unit is
         scored once for several comparisons (0: independent pairs).
-    :param pool_steps: recent vector steps kept for drawing pairs (0: one rollout for on-policy
-        algorithms, 10,000 for off-policy ones).
+    :param pool_steps: recent vector steps kept for drawing pairs and for the reward's
+        normalization (0: 10,000; on-policy algorithms keep at least one rollout). A pool of
+        several rollouts keeps the reward model from forgetting states the policy has left, and
+        its scale from jumping when one rollout's states are all alike (on Pendulum one rollout
+        let 1 of 5 seeds collapse late in training; 10,240 steps, none).
     :param update_every: env steps between refits (0: every rollout for on-policy, 1,000 for off-policy).
     :param warmup_steps: env steps before the first refit (off-policy: at least ``learning_starts``).
     :param teacher_noise: probability of flipping each label (robustness studies).

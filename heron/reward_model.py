@@ -16,6 +16,10 @@ from torch import nn
 
 from heron.errors import ConfigError
 
+# Where the standardized reward's zero sits: the mean of the latest data, or one of its quantiles.
+OFFSET_QUANTILES = {"low": 0.01, "high": 0.99}
+OFFSETS = ("mean", *OFFSET_QUANTILES)
+
 
 @dataclass(frozen=True)
 class Units:
@@ -48,24 +52,35 @@ class RewardModel(nn.Module):
     :param input_dim: width of a step's feature vector.
     :param hidden: hidden layer widths.
     :param ensemble: number of members, trained on the same pairs from different initializations.
-    :param normalize: standardize the output to zero mean, unit std over the latest training data.
+    :param normalize: standardize the output to unit std over the latest training data, shifted so
+        that ``offset`` maps to 0.
+    :param offset: ``"mean"`` (zero mean), ``"low"`` (the 1st percentile is 0: almost every step
+        positive) or ``"high"`` (the 99th percentile is 0: almost every step negative).
     """
 
     def __init__(
-        self, input_dim: int, hidden: Sequence[int] = (256, 256), ensemble: int = 1, normalize: bool = True
+        self,
+        input_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        ensemble: int = 1,
+        normalize: bool = True,
+        offset: str = "mean",
     ) -> None:
         super().__init__()
-        self.out_mean: torch.Tensor
+        self.out_shift: torch.Tensor
         self.out_std: torch.Tensor
         if input_dim < 1:
             raise ConfigError(f"reward_model: input_dim must be >= 1, got {input_dim}")
         if ensemble < 1:
             raise ConfigError(f"reward_model.ensemble must be >= 1, got {ensemble}")
+        if offset not in OFFSETS:
+            raise ConfigError(f"reward_model.offset must be one of {', '.join(OFFSETS)}, got {offset!r}")
         self.config: dict[str, Any] = {
             "input_dim": int(input_dim),
             "hidden": [int(h) for h in hidden],
             "ensemble": int(ensemble),
             "normalize": bool(normalize),
+            "offset": offset,
         }
         widths = [int(input_dim), *(int(h) for h in hidden), 1]
         self.weights = nn.ParameterList()
@@ -77,7 +92,7 @@ class RewardModel(nn.Module):
             bound = 1 / fan_in**0.5
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(torch.empty(ensemble, 1, fan_out).uniform_(-bound, bound)))
-        self.register_buffer("out_mean", torch.zeros(()))
+        self.register_buffer("out_shift", torch.zeros(()))
         self.register_buffer("out_std", torch.ones(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,16 +110,17 @@ class RewardModel(nn.Module):
         """Per-step learned reward (ensemble mean, standardized), shape (N,)."""
         out = torch.cat([self(part).mean(0) for part in x.split(chunk)]) if len(x) else x.new_zeros(0)
         if self.config["normalize"]:
-            out = (out - self.out_mean) / self.out_std
+            out = (out - self.out_shift) / self.out_std
         return out
 
     @torch.no_grad()
     def refresh_normalization(self, x: torch.Tensor) -> None:
-        """Set the output statistics from the raw ensemble-mean scores of ``x`` (kept when ``x`` is empty)."""
+        """Set the output shift and scale from the raw ensemble-mean scores of ``x`` (kept when ``x`` is empty)."""
         if len(x) == 0:
             return
         raw = torch.cat([self(part).mean(0) for part in x.split(65_536)])
-        self.out_mean.copy_(raw.mean())
+        offset = self.config["offset"]
+        self.out_shift.copy_(raw.mean() if offset == "mean" else torch.quantile(raw, OFFSET_QUANTILES[offset]))
         self.out_std.copy_(raw.std().clamp_min(1e-6) if len(raw) > 1 else torch.ones(()))
 
     def unit_scores(self, units: Units, which: torch.Tensor) -> torch.Tensor:

@@ -179,17 +179,15 @@ class HeronCallback(BaseCallback):
         self.on_policy = isinstance(self.model, OnPolicyAlgorithm)
         if run.learned:
             n_envs = self.training_env.num_envs
+            capacity = self.cfg.comparison.pool_steps or 10_000
             if self.on_policy:
-                rollout = int(self.model.n_steps)  # type: ignore[attr-defined]
-                capacity = max(self.cfg.comparison.pool_steps, rollout)
-            else:
-                capacity = self.cfg.comparison.pool_steps or 10_000
-                if "factors" in self.cfg.reward_model.inputs:
-                    size = self.model.replay_buffer.buffer_size  # type: ignore[attr-defined]
-                    self._rb_factors = np.zeros((size, n_envs, len(run.factor_names)), dtype=np.float32)
-                    restored = self._restored_rb_factors
-                    if restored is not None and restored.shape == self._rb_factors.shape:
-                        self._rb_factors[:] = restored
+                capacity = max(capacity, int(self.model.n_steps))  # type: ignore[attr-defined]
+            elif "factors" in self.cfg.reward_model.inputs:
+                size = self.model.replay_buffer.buffer_size  # type: ignore[attr-defined]
+                self._rb_factors = np.zeros((size, n_envs, len(run.factor_names)), dtype=np.float32)
+                restored = self._restored_rb_factors
+                if restored is not None and restored.shape == self._rb_factors.shape:
+                    self._rb_factors[:] = restored
             self.pool = ExperiencePool(capacity, n_envs, run.features.widths)
         if run.progress:
             self._progress = _Progress(self.cfg.total_timesteps, self.num_timesteps)
@@ -553,7 +551,7 @@ def _build(run: _Run) -> tuple[VecEnv, dict[str, Any]]:
     run.features = _Features(venv.observation_space, venv.action_space, len(run.factor_names), cfg.reward_model.inputs)
     rm = cfg.reward_model
     torch.manual_seed(cfg.seed)
-    run.reward_model = RewardModel(run.features.dim, rm.hidden, rm.ensemble, rm.normalize)
+    run.reward_model = RewardModel(run.features.dim, rm.hidden, rm.ensemble, rm.normalize, rm.offset)
     if run.learned:
         run.trainer = BradleyTerryTrainer(
             run.reward_model, TrainerConfig(rm.lr, rm.weight_decay, rm.epochs, rm.batch_size), seed=cfg.seed

@@ -161,7 +161,7 @@ def trained_model():
 
 def test_save_load_round_trip(tmp_path):
     model, rows = trained_model()
-    assert float(model.out_std) != 1.0 and float(model.out_mean) != 0.0
+    assert float(model.out_std) != 1.0 and float(model.out_shift) != 0.0
     path = tmp_path / "reward_model.safetensors"
     model.save(path)
 
@@ -169,10 +169,10 @@ def test_save_load_round_trip(tmp_path):
     assert not raw.startswith(b"\x80") and not raw.startswith(b"PK")  # neither a pickle nor a torch zip
     (header_len,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + header_len])  # the safetensors layout: u64 length + JSON header
-    assert "out_mean" in header and "out_std" in header
+    assert "out_shift" in header and "out_std" in header
     with safe_open(str(path), framework="pt") as f:
         config = json.loads(f.metadata()["config"])
-    assert config == {"input_dim": 3, "hidden": [16, 8], "ensemble": 2, "normalize": True}
+    assert config == {"input_dim": 3, "hidden": [16, 8], "ensemble": 2, "normalize": True, "offset": "mean"}
 
     loaded = RewardModel.load(path)
     assert isinstance(loaded, RewardModel) and loaded.config == model.config
@@ -195,6 +195,7 @@ def test_load_rejects_a_file_without_config(tmp_path):
         ({"input_dim": 3, "ensemble": 0}, "ensemble"),
         ({"input_dim": 3, "ensemble": -2}, "ensemble"),
         ({"input_dim": 0}, "input_dim"),
+        ({"input_dim": 3, "offset": "median"}, "offset"),
     ],
 )
 def test_bad_model_arguments_are_config_errors(kwargs, field):
@@ -280,3 +281,17 @@ def test_written_out_gradients_equal_autograd(ensemble, length, hidden):
     torch.testing.assert_close(loss, reference.detach())
     for got, expected in zip(written, (p.grad for p in model.parameters()), strict=True):
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(("offset", "share_positive"), [("mean", None), ("low", 0.99), ("high", 0.01)])
+def test_offset_sets_where_the_reward_is_zero(offset, share_positive):
+    """Unit std always; zero at the mean, or so that 99% of steps earn (low) or pay (high)."""
+    model = RewardModel(2, hidden=(8,), offset=offset)
+    x = torch.randn(20_000, 2)
+    model.refresh_normalization(x)
+    reward = model.reward(x)
+    assert float(reward.std()) == pytest.approx(1.0, rel=1e-3)
+    if share_positive is None:
+        assert abs(float(reward.mean())) < 1e-4
+    else:
+        assert float((reward > 0).float().mean()) == pytest.approx(share_positive, abs=2e-3)
