@@ -71,28 +71,53 @@ def plot_learning_curves(curves: Curves, path: Path, title: str) -> None:
     """Mean ground-truth return per method with a 95% confidence band over seeds (one run: ± eval std)."""
     fig = Figure(figsize=(7, 4.2))
     ax = fig.subplots()
+    _plot_column(ax, curves, "return_mean", spread="return_std")
+    ax.set_ylabel("ground-truth episode return")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_factor_curves(curves: Curves, factor_names: Sequence[str], path: Path, title: str) -> None:
+    """One panel per factor: its episode total in the evaluations, mean and 95% band per method.
+
+    The return alone can hide what a policy does (traffic's diff-waiting-time return sums to
+    about zero over an episode); the factors show it.
+    """
+    cols = min(len(factor_names), 3)
+    rows = -(-len(factor_names) // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.3 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
+    for ax in axes[len(factor_names) :]:
+        ax.set_visible(False)
+    for ax, name in zip(axes, factor_names, strict=False):
+        _plot_column(ax, curves, f"factor/{name}")
+        ax.set_title(f"{name} (episode total)", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _plot_column(ax: Any, curves: Curves, column: str, spread: str | None = None) -> None:
+    """Per method, the mean of ``column`` over seeds with its 95% confidence band (one run: ``spread``)."""
     for method, runs in curves.items():
         runs = [r for r in runs if r]
         if not runs:
             continue
         length = min(len(r) for r in runs)
         steps = np.array([row["step"] for row in runs[0][:length]])
-        values = np.array([[row["return_mean"] for row in r[:length]] for r in runs])
+        values = np.array([[row.get(column, math.nan) for row in r[:length]] for r in runs])
         mean = values.mean(axis=0)
         (line,) = ax.plot(steps, mean, label=f"{method} (n={len(runs)})")
         if len(runs) > 1:
             half = np.array([mean_ci(values[:, i])[1] for i in range(length)])
         else:  # one run: the spread over its evaluation episodes
-            half = np.array([row.get("return_std", 0.0) for row in runs[0][:length]])
+            half = np.array([row.get(spread, 0.0) if spread else 0.0 for row in runs[0][:length]])
         ax.fill_between(steps, mean - half, mean + half, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("env steps")
-    ax.set_ylabel("ground-truth episode return")
-    ax.set_title(title)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def plot_diagnostics(curves: Curves, path: Path, title: str) -> None:

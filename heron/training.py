@@ -55,6 +55,7 @@ ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {
     "dqn": DQN,
 }
 LEARNED = ("heron", "flat-preference")
+NORMALIZATION_ROWS = 16_384  # pool rows the learned reward's shift and scale are computed from
 EnvSpec = str | gym.Env | Callable[[], gym.Env]
 
 
@@ -131,6 +132,11 @@ class _Features:
     def dim(self) -> int:
         return sum(self.widths[k] for k in self.inputs)
 
+    @property
+    def stored(self) -> dict[str, int]:
+        """Fields the experience pool keeps: the reward model's inputs and the factors."""
+        return {k: w for k, w in self.widths.items() if k in self.inputs or k == "factors"}
+
     def encode(self, space: spaces.Space, x: np.ndarray, n: int) -> np.ndarray:
         if isinstance(space, spaces.Discrete):
             return np.eye(int(space.n), dtype=np.float32)[np.asarray(x).reshape(n).astype(np.int64) - int(space.start)]
@@ -188,7 +194,7 @@ class HeronCallback(BaseCallback):
                 restored = self._restored_rb_factors
                 if restored is not None and restored.shape == self._rb_factors.shape:
                     self._rb_factors[:] = restored
-            self.pool = ExperiencePool(capacity, n_envs, run.features.widths)
+            self.pool = ExperiencePool(capacity, n_envs, run.features.stored)
         if run.progress:
             self._progress = _Progress(self.cfg.total_timesteps, self.num_timesteps)
 
@@ -222,21 +228,21 @@ class HeronCallback(BaseCallback):
     def _record(self) -> None:
         assert self.pool is not None
         feats, n = self.run.features, self.training_env.num_envs
-        new_obs = self.locals["new_obs"]
-        next_obs = np.array(new_obs, dtype=np.float32, copy=True)
         dones = self.locals["dones"]
-        for i in np.flatnonzero(dones):
-            terminal = self.locals["infos"][i].get("terminal_observation")
-            if terminal is not None:
-                next_obs[i] = terminal
-        action = self.locals["clipped_actions" if self.on_policy else "actions"]
-        self.pool.add(
-            dones,
-            obs=feats.encode(feats.obs_space, self.model._last_obs, n),  # type: ignore[arg-type]
-            action=feats.encode(feats.action_space, action, n),
-            next_obs=feats.encode(feats.obs_space, next_obs, n),
-            factors=self.run.swap.factors,
-        )
+        values = {"factors": self.run.swap.factors}
+        if "obs" in self.pool.fields:
+            values["obs"] = feats.encode(feats.obs_space, self.model._last_obs, n)  # type: ignore[arg-type]
+        if "action" in self.pool.fields:
+            action = self.locals["clipped_actions" if self.on_policy else "actions"]
+            values["action"] = feats.encode(feats.action_space, action, n)
+        if "next_obs" in self.pool.fields:
+            next_obs = np.array(self.locals["new_obs"], dtype=np.float32, copy=True)
+            for i in np.flatnonzero(dones):
+                terminal = self.locals["infos"][i].get("terminal_observation")
+                if terminal is not None:
+                    next_obs[i] = terminal
+            values["next_obs"] = feats.encode(feats.obs_space, next_obs, n)
+        self.pool.add(dones, **values)
         self._since_relabel += 1
 
     def _refit(self) -> bool:
@@ -255,8 +261,11 @@ class HeronCallback(BaseCallback):
         units = Units(rows, torch.from_numpy(index))
         stats = self.run.trainer.fit(units, torch.from_numpy(pairs), torch.from_numpy(labels.astype(np.int64)))
         if stats.pairs:
-            # Keep the scale of the previous fit when nothing was learned (every pair tied).
-            recent = torch.from_numpy(self.pool.recent_rows(self.pool.size))
+            # Keep the scale of the previous fit when nothing was learned (every pair tied). The
+            # statistics come from the newest NORMALIZATION_ROWS rows of the pool: plenty for a
+            # mean and a 1% quantile, and a bounded cost when many slots fill the pool fast.
+            steps = min(self.pool.size, max(NORMALIZATION_ROWS // self.pool.n_envs, 1))
+            recent = torch.from_numpy(self.pool.recent_rows(steps))
             self.run.reward_model.refresh_normalization(rows[recent])
         shares = result.level_shares(len(self.run.factor_names))
         self.diagnostics = {

@@ -87,7 +87,7 @@ def test_compare_writes_summary_and_plots(tmp_path: Path) -> None:
             assert row[column] != "", column
     summary = (out / "summary.md").read_text()
     assert "| heron-margin | 2 |" in summary and "±" in summary
-    for plot in ("learning_curves.png", "diagnostics.png"):
+    for plot in ("learning_curves.png", "diagnostics.png", "factor_curves.png"):
         assert (out / plot).stat().st_size > 0
     # A second call finds every run complete and skips it.
     again = compare(write_sweep(tmp_path), methods, 2, out, workers=2, progress=False)

@@ -78,10 +78,12 @@ def _pendulum(algorithm: str, **extra):
         total_timesteps=800,
         seed=0,
         algorithm_kwargs=kwargs,
-        comparison={"pairs": 256, "update_every": 300, "pool_steps": 1000},
-        reward_model={"hidden": [32, 32]},
-        eval={"every": 400, "episodes": 1},
-        **extra,
+        **{
+            "comparison": {"pairs": 256, "update_every": 300, "pool_steps": 1000},
+            "reward_model": {"hidden": [32, 32]},
+            "eval": {"every": 400, "episodes": 1},
+            **extra,
+        },
     )
 
 
@@ -268,3 +270,19 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path) -> None:
     again = heron.resume(out)
     assert again.model.num_timesteps == first.model.num_timesteps
     assert [m["step"] for m in again.metrics] == [m["step"] for m in first.metrics]
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "sac"])
+def test_every_reward_model_input_trains(algorithm: str) -> None:
+    """next_obs and factors as inputs (with or without obs/action): recorded, learned, sized right."""
+    for inputs, dim in [(["next_obs", "factors"], 3 + 3), (["obs", "action", "next_obs", "factors"], 3 + 1 + 3 + 3)]:
+        result = _pendulum(algorithm, reward_model={"hidden": [32, 32], "inputs": inputs})
+        assert result.reward_model.config["input_dim"] == dim
+        assert np.isfinite(result.metrics[-1]["rm_loss"])
+
+
+def test_pool_keeps_only_what_the_reward_model_reads() -> None:
+    box = gym.spaces.Box(-1, 1, (3,))
+    feats = _Features(box, gym.spaces.Discrete(4), 2, ("obs", "action"))
+    assert feats.stored == {"obs": 3, "action": 4, "factors": 2}
+    assert _Features(box, box, 2, ("next_obs",)).stored == {"next_obs": 3, "factors": 2}

@@ -252,6 +252,10 @@ def compare(
     write_summary(table, out, title, threshold)
     report.plot_learning_curves(curves, out / "learning_curves.png", title)
     report.plot_diagnostics(curves, out / "diagnostics.png", title)
+    first = next((runs[0][0] for runs in curves.values() if runs), {})
+    factors = [k.removeprefix("factor/") for k in first if k.startswith("factor/")]
+    if factors:
+        report.plot_factor_curves(curves, factors, out / "factor_curves.png", title)
     (out / "outcomes.json").write_text(json.dumps([o.__dict__ for o in outcomes], indent=1))
     return CompareResult(table, outcomes, out)
 

@@ -80,6 +80,8 @@ def write_summary(table: Sequence[Mapping[str, object]], out: Path, title: str, 
 def _pm(mean: object, ci: object) -> str:
     if not isinstance(mean, float) or math.isnan(mean):
         return "-"
+    # Small values (a traffic return of -0.12) keep three decimals, the rest one.
+    digits = 3 if abs(mean) < 10 else 1
     if not isinstance(ci, float) or math.isnan(ci):
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {ci:.1f}"
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {ci:.{digits}f}"
