@@ -15,14 +15,22 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 import heron
+from heron.config import read_yaml
 
-TRAFFIC_PPO = {"n_steps": 720, "batch_size": 240, "n_epochs": 5, "learning_rate": 1e-3, "gamma": 0.95, "ent_coef": 0.01}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def traffic_options(config: str, steps: int) -> dict[str, Any]:
+    """The PPO settings of ``configs/<config>.yaml``, one evaluation episode at the end."""
+    kwargs = read_yaml(CONFIGS / f"{config}.yaml")["algorithm_kwargs"]
+    return {"algorithm_kwargs": kwargs, "eval": {"every": steps, "episodes": 1}}
 
 
 @dataclass(frozen=True)
@@ -38,22 +46,8 @@ class Case:
 CASES = (
     Case("ppo", "heron/Pendulum-v1", "ppo", 50_000, 1.10),
     Case("sac", "heron/Pendulum-v1", "sac", 10_000, 1.15),
-    Case(
-        "traffic-single",
-        "heron/TrafficSingle-v0",
-        "ppo",
-        7_200,
-        1.10,
-        {"algorithm_kwargs": TRAFFIC_PPO, "eval": {"every": 7_200, "episodes": 1}},
-    ),
-    Case(
-        "traffic-grid2x2",
-        "heron/TrafficGrid2x2-v0",
-        "ppo",
-        14_400,
-        1.10,
-        {"algorithm_kwargs": {**TRAFFIC_PPO, "n_steps": 360}, "eval": {"every": 14_400, "episodes": 1}},
-    ),
+    Case("traffic-single", "heron/TrafficSingle-v0", "ppo", 7_200, 1.10, traffic_options("traffic-single", 7_200)),
+    Case("traffic-grid2x2", "heron/TrafficGrid2x2-v0", "ppo", 14_400, 1.10, traffic_options("traffic-grid2x2", 14_400)),
 )
 
 

@@ -55,6 +55,7 @@ ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {
     "dqn": DQN,
 }
 LEARNED = ("heron", "flat-preference")
+DEFAULT_POOL_STEPS = 10_000  # comparison.pool_steps: 0
 NORMALIZATION_ROWS = 16_384  # pool rows the learned reward's shift and scale are computed from
 EnvSpec = str | gym.Env | Callable[[], gym.Env]
 
@@ -185,7 +186,7 @@ class HeronCallback(BaseCallback):
         self.on_policy = isinstance(self.model, OnPolicyAlgorithm)
         if run.learned:
             n_envs = self.training_env.num_envs
-            capacity = self.cfg.comparison.pool_steps or 10_000
+            capacity = self.cfg.comparison.pool_steps or DEFAULT_POOL_STEPS
             if self.on_policy:
                 capacity = max(capacity, int(self.model.n_steps))  # type: ignore[attr-defined]
             elif "factors" in self.cfg.reward_model.inputs:
