@@ -32,13 +32,23 @@ class ExperiencePool:
 
     def add(self, dones: np.ndarray, **values: np.ndarray) -> None:
         """Append one vector step: each field has shape (n_envs, width)."""
-        t = self.count % self.capacity
+        self.extend(np.asarray(dones)[None], **{k: np.asarray(v)[None] for k, v in values.items()})
+
+    def extend(self, dones: np.ndarray, **values: np.ndarray) -> None:
+        """Append consecutive vector steps at once: dones (T, n_envs), each field (T, n_envs, width)."""
+        dones = np.asarray(dones, dtype=bool).reshape(-1, self.n_envs)
+        steps = len(dones)
+        if steps == 0:
+            return
+        keep = min(steps, self.capacity)  # older steps would be overwritten within this call
+        t = (self.count + steps - keep + np.arange(keep)) % self.capacity
         for name, array in self.fields.items():
-            array[t] = values[name].reshape(self.n_envs, -1)
-        self.dones[t] = dones
-        self.starts[t] = self._next_is_start
-        self._next_is_start = np.asarray(dones, dtype=bool).copy()
-        self.count += 1
+            array[t] = np.asarray(values[name]).reshape(steps, self.n_envs, -1)[steps - keep :]
+        starts = np.concatenate([self._next_is_start[None], dones[:-1]])
+        self.dones[t] = dones[steps - keep :]
+        self.starts[t] = starts[steps - keep :]
+        self._next_is_start = dones[-1].copy()
+        self.count += steps
 
     @property
     def size(self) -> int:

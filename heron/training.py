@@ -179,6 +179,10 @@ class HeronCallback(BaseCallback):
         self._rb_factors: np.ndarray | None = None
         self._restored_rb_factors: np.ndarray | None = None
         self._since_relabel = 0
+        # On-policy: what the rollout buffer does not keep, staged per step until the rollout ends.
+        self._staged_factors = np.zeros(0, dtype=np.float32)
+        self._staged_dones = np.zeros(0, dtype=bool)
+        self._staged_terminals: dict[tuple[int, int], np.ndarray] = {}
 
     # -- SB3 hooks -------------------------------------------------------------------------------
     def _init_callback(self) -> None:
@@ -188,7 +192,10 @@ class HeronCallback(BaseCallback):
             n_envs = self.training_env.num_envs
             capacity = self.cfg.comparison.pool_steps or DEFAULT_POOL_STEPS
             if self.on_policy:
-                capacity = max(capacity, int(self.model.n_steps))  # type: ignore[attr-defined]
+                n_steps = int(self.model.n_steps)  # type: ignore[attr-defined]
+                capacity = max(capacity, n_steps)
+                self._staged_factors = np.zeros((n_steps, n_envs, len(run.factor_names)), dtype=np.float32)
+                self._staged_dones = np.zeros((n_steps, n_envs), dtype=bool)
             elif "factors" in self.cfg.reward_model.inputs:
                 size = self.model.replay_buffer.buffer_size  # type: ignore[attr-defined]
                 self._rb_factors = np.zeros((size, n_envs, len(run.factor_names)), dtype=np.float32)
@@ -201,7 +208,10 @@ class HeronCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         if self.pool is not None:
-            self._record()
+            if self.on_policy:
+                self._stage()
+            else:
+                self._record()
         if self.num_timesteps - self._last_eval >= self.run.eval_every:
             self._evaluate()
         if self._progress is not None:
@@ -211,6 +221,8 @@ class HeronCallback(BaseCallback):
     def _on_rollout_end(self) -> None:
         if self.pool is None or self._since_relabel == 0:
             return
+        if self.on_policy:
+            self._record_rollout()
         warmup = max(self.cfg.comparison.warmup_steps, int(getattr(self.model, "learning_starts", 0)))
         refitted = False
         if self.num_timesteps >= warmup and self.num_timesteps - self._last_refit >= self.run.update_every:
@@ -227,24 +239,64 @@ class HeronCallback(BaseCallback):
 
     # -- experience ------------------------------------------------------------------------------
     def _record(self) -> None:
+        """Off-policy: append this step to the pool."""
         assert self.pool is not None
         feats, n = self.run.features, self.training_env.num_envs
-        dones = self.locals["dones"]
         values = {"factors": self.run.swap.factors}
         if "obs" in self.pool.fields:
             values["obs"] = feats.encode(feats.obs_space, self.model._last_obs, n)  # type: ignore[arg-type]
         if "action" in self.pool.fields:
-            action = self.locals["clipped_actions" if self.on_policy else "actions"]
-            values["action"] = feats.encode(feats.action_space, action, n)
+            values["action"] = feats.encode(feats.action_space, self.locals["actions"], n)
         if "next_obs" in self.pool.fields:
             next_obs = np.array(self.locals["new_obs"], dtype=np.float32, copy=True)
-            for i in np.flatnonzero(dones):
-                terminal = self.locals["infos"][i].get("terminal_observation")
-                if terminal is not None:
-                    next_obs[i] = terminal
+            for i, terminal in self._terminals():
+                next_obs[i] = terminal
             values["next_obs"] = feats.encode(feats.obs_space, next_obs, n)
-        self.pool.add(dones, **values)
+        self.pool.add(self.locals["dones"], **values)
         self._since_relabel += 1
+
+    def _terminals(self) -> list[tuple[int, np.ndarray]]:
+        """(env, last observation) of the episodes that ended this step and were reset."""
+        infos = self.locals["infos"]
+        found = ((int(i), infos[i].get("terminal_observation")) for i in np.flatnonzero(self.locals["dones"]))
+        return [(i, terminal) for i, terminal in found if terminal is not None]
+
+    def _stage(self) -> None:
+        """On-policy: keep this step's factors and dones; observations and actions are in the rollout buffer."""
+        t = self.model.rollout_buffer.pos  # type: ignore[attr-defined]
+        self._staged_factors[t] = self.run.swap.factors
+        self._staged_dones[t] = self.locals["dones"]
+        if "next_obs" in self.run.features.stored:
+            for i, terminal in self._terminals():
+                self._staged_terminals[(t, i)] = terminal
+        self._since_relabel += 1
+
+    def _record_rollout(self) -> None:
+        """On-policy: append the whole rollout to the pool at once, from the rollout buffer and the staged steps."""
+        assert self.pool is not None
+        buffer = self.model.rollout_buffer  # type: ignore[attr-defined]
+        feats, steps, n_envs = self.run.features, buffer.buffer_size, buffer.n_envs
+        n = steps * n_envs
+        values = {"factors": self._staged_factors}
+        if "obs" in self.pool.fields:
+            values["obs"] = feats.encode(feats.obs_space, buffer.observations, n)
+        if "action" in self.pool.fields:
+            actions = buffer.actions
+            if isinstance(feats.action_space, spaces.Box):  # what the env was given, as SB3 does
+                if self.model.policy.squash_output:
+                    actions = self.model.policy.unscale_action(actions)
+                else:
+                    actions = np.clip(actions, feats.action_space.low, feats.action_space.high)
+            values["action"] = feats.encode(feats.action_space, actions, n)
+        if "next_obs" in self.pool.fields:
+            next_obs = np.concatenate([buffer.observations[1:], np.asarray(self.locals["new_obs"])[None]]).astype(
+                np.float32
+            )
+            for (t, i), terminal in self._staged_terminals.items():
+                next_obs[t, i] = terminal
+            values["next_obs"] = feats.encode(feats.obs_space, next_obs, n)
+        self.pool.extend(self._staged_dones, **{k: v.reshape(steps, n_envs, -1) for k, v in values.items()})
+        self._staged_terminals.clear()
 
     def _refit(self) -> bool:
         assert self.pool is not None and self.run.trainer is not None

@@ -191,6 +191,36 @@ def test_add_accepts_flat_fields():
     np.testing.assert_array_equal(pool.flat("factors")[:2], [[0.0, 1.0], [2.0, 3.0]])
 
 
+@given(pool_histories, st.lists(st.integers(1, 15), min_size=1, max_size=6))
+@settings(max_examples=60, deadline=None)
+def test_extend_in_blocks_equals_adding_step_by_step(params, blocks):
+    """A rollout appended at once leaves the pool exactly as appending its steps one by one."""
+    capacity, n_envs, total, p, seed = params
+    dones = np.random.default_rng(seed).random((total, n_envs)) < p
+    expected = fill(capacity, dones)
+    pool = ExperiencePool(capacity, n_envs, {"step": 1, "env": 1, "factors": 2})
+    t = 0
+    for size in blocks * (total + 1):
+        if t >= total:
+            break
+        block = np.arange(t, min(t + size, total))
+        pool.extend(
+            dones[block],
+            step=np.repeat(block[:, None, None], n_envs, axis=1),
+            env=np.broadcast_to(np.arange(n_envs)[None, :, None], (len(block), n_envs, 1)),
+            factors=np.stack(np.broadcast_arrays(block[:, None], np.arange(n_envs)[None, :]), axis=-1),
+        )
+        t = block[-1] + 1
+    assert pool.count == expected.count
+    for name in ("step", "env", "factors"):
+        np.testing.assert_array_equal(
+            pool.flat(name)[pool.recent_rows(pool.size)], expected.flat(name)[expected.recent_rows(expected.size)]
+        )
+    np.testing.assert_array_equal(pool.dones[pool.chronological()], expected.dones[expected.chronological()])
+    np.testing.assert_array_equal(pool.starts[pool.chronological()], expected.starts[expected.chronological()])
+    np.testing.assert_array_equal(pool.units("episode"), expected.units("episode"))
+
+
 # -- aggregate ------------------------------------------------------------------------------------------
 
 

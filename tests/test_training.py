@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import heron
+from heron import training
 from heron.training import _Features
 from tests.envs import BANDIT_FACTORS, LEX_OPTIMUM, ContextualBandit
 
@@ -279,6 +280,51 @@ def test_every_reward_model_input_trains(algorithm: str) -> None:
         result = _pendulum(algorithm, reward_model={"hidden": [32, 32], "inputs": inputs})
         assert result.reward_model.config["input_dim"] == dim
         assert np.isfinite(result.metrics[-1]["rm_loss"])
+
+
+def test_on_policy_pool_holds_exactly_the_steps_taken(monkeypatch) -> None:
+    """Rollouts appended at once hold each step's observation, the action the env was given (clipped),
+    the next observation (the terminal one where an episode ended), the factors and the dones."""
+    seen, pools = [], []
+    stage = training.HeronCallback._stage
+
+    def spy(self):
+        local = self.locals
+        next_obs = np.array(local["new_obs"], dtype=np.float32, copy=True)
+        for i in np.flatnonzero(local["dones"]):
+            next_obs[i] = local["infos"][i]["terminal_observation"]
+        seen.append(
+            {
+                "obs": np.array(self.model._last_obs),
+                "action": np.array(local["clipped_actions"]),
+                "next_obs": next_obs,
+                "factors": self.run.swap.factors.copy(),
+                "dones": np.array(local["dones"]),
+            }
+        )
+        pools.append(self.pool)
+        stage(self)
+
+    monkeypatch.setattr(training.HeronCallback, "_stage", spy)
+    heron.train(
+        "heron/Pendulum-v1",
+        total_timesteps=480,
+        n_envs=2,
+        seed=0,
+        algorithm_kwargs={"n_steps": 96, "batch_size": 64},
+        comparison={"pool_steps": 150, "pairs": 64},
+        reward_model={"hidden": [8], "inputs": ["obs", "action", "next_obs", "factors"]},
+        eval={"every": 480, "episodes": 1},
+    )
+    pool = pools[-1]
+    assert len(seen) == pool.count == 3 * 96  # whole rollouts; episodes of 200 steps end inside the second
+    held = seen[-pool.size :]
+    assert any(step["dones"].any() for step in held)
+    for name in ("obs", "action", "next_obs", "factors"):
+        expected = np.concatenate([step[name].reshape(2, -1) for step in held])
+        np.testing.assert_allclose(pool.flat(name)[pool.recent_rows(pool.size)], expected, rtol=1e-6)
+    np.testing.assert_array_equal(pool.dones[pool.chronological()], np.stack([step["dones"] for step in held]))
+    assert np.abs(np.concatenate([step["action"] for step in held])).max() == 2.0  # some actions were clipped
 
 
 def test_pool_keeps_only_what_the_reward_model_reads() -> None:
