@@ -18,6 +18,7 @@ import imitation
 import numpy as np
 import stable_baselines3
 import torch
+import torch._dynamo  # torch imports it on the first optimizer (~1 s): an import, kept out of the timings
 from imitation.algorithms import preference_comparisons
 from imitation.rewards.reward_nets import BasicRewardNet, NormalizedRewardNet
 from imitation.util import logger as imit_logger

@@ -1,6 +1,6 @@
 """heron against a peer library: classic preference-based reward learning in ``imitation`` 1.0.1.
 
-    python benchmarks/imitation_peer.py [--steps 50000] [--seeds 3] [--venv runs/imitation-venv] [--skip-install]
+    python benchmarks/imitation_peer.py [--steps 50000] [--seeds 4] [--venv runs/imitation-venv] [--skip-install]
 
 Prints one table: method, seeds, agent steps, env steps, mean wall-clock, mean final return, and
 imitation's wall-clock over each method's. Per-run results go to ``runs/imitation-peer/results.json``
@@ -55,16 +55,22 @@ Protocol differences, all reported rather than hidden:
 * wall-clock: imitation's is measured inside its worker from building the env to the end of its
   final 5-episode evaluation (interpreter start-up and imports excluded); heron's is measured around
   ``heron.train`` (imports excluded) with ``eval.every`` set to the budget, so that heron too
-  evaluates once, at the end (5 deterministic episodes), and writes one checkpoint.
+  evaluates once, at the end (5 deterministic episodes), and writes one checkpoint. Both sides
+  import ``torch._dynamo`` before timing: torch otherwise imports it inside the first optimizer's
+  constructor (about 1 s), which charged it to imitation and to heron's first run only.
 * final return: both are the mean true Pendulum return of 5 deterministic episodes of the trained
   agent after training (heron: its last evaluation; imitation: the same loop on a fresh
   gymnasium 0.29 ``Pendulum-v1``, episodes seeded ``seed + 10000 + k``). The agent evaluated on the
   imitation side is the one trained inside the preference-comparison loop (the tutorial then trains a
   second agent from scratch on the frozen reward; that would double the budget and is not done).
 * ``ground-truth`` is heron's PPO on the env reward, for reference (same PPO, no reward learning).
+* ``heron-32x32`` is ``heron`` with imitation's reward-net width (``BasicRewardNet``'s default hidden
+  sizes, 32-32) instead of heron's default 256-256: the same agent, budget and network size on both
+  sides. ``heron`` is heron as a user gets it.
 
-Runs are sequential and share the CPU; per seed the order is imitation, heron, flat-preference,
-ground-truth so that drifts in machine load hit every method.
+Runs are sequential and share the CPU. The order rotates with the seed (seed 0: imitation, heron,
+heron-32x32, flat-preference, ground-truth; seed 1 starts with heron, and so on), so that drifts in
+machine load do not always hit the same method.
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._dynamo  # torch imports it on the first optimizer (~1 s): an import, kept out of the timings
 
 import heron
 from heron.envs import REGISTRY
@@ -94,7 +101,10 @@ N_STEPS = 2048  # heron's PPO n_steps for heron/Pendulum-v1, used on both sides
 PREFERRED_ITERATIONS = 5  # imitation's default num_iterations
 TORCH_PIN = "torch==2.13.0"
 IMITATION_PIN = "imitation==1.0.1"
-HERON_METHODS = ("heron", "flat-preference", "ground-truth")
+HERON_METHODS = ("heron", "heron-32x32", "flat-preference", "ground-truth")
+# heron-32x32: heron with imitation's reward-net width (BasicRewardNet's hid_sizes default, 32-32)
+# instead of heron's default 256-256, so that both sides fit a network of the same size.
+OPTIONS: dict[str, dict[str, Any]] = {"heron-32x32": {"reward_model": {"hidden": [32, 32]}}}
 
 PROBE = """
 import json
@@ -221,10 +231,17 @@ def run_imitation(python: Path, steps: int, seed: int) -> dict[str, Any]:
         return json.loads(out.read_text())
 
 
-def run_heron(method: str, steps: int, seed: int) -> dict[str, Any]:
+def run_heron(name: str, steps: int, seed: int) -> dict[str, Any]:
+    method = name.removesuffix("-32x32")
     start = time.perf_counter()
     result = heron.train(
-        ENV_ID, algorithm="ppo", method=method, total_timesteps=steps, seed=seed, eval={"every": steps, "episodes": 5}
+        ENV_ID,
+        algorithm="ppo",
+        method=method,
+        total_timesteps=steps,
+        seed=seed,
+        eval={"every": steps, "episodes": 5},
+        **OPTIONS.get(name, {}),
     )
     seconds = time.perf_counter() - start
     agent_steps = int(result.model.num_timesteps)
@@ -270,7 +287,7 @@ def print_table(runs: dict[str, list[dict[str, Any]]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=50_000, help="heron's total_timesteps (agent env steps)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    parser.add_argument("--seeds", type=int, default=4, help="seeds 0..N-1")
     parser.add_argument("--venv", type=Path, default=ROOT / "runs" / "imitation-venv")
     parser.add_argument("--skip-install", action="store_true", help="use the venv as it is; never call pip")
     args = parser.parse_args()
@@ -291,10 +308,13 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs\n", flush=True)
 
     runs: dict[str, list[dict[str, Any]]] = {"imitation": [], **{m: [] for m in HERON_METHODS}}
+    names = list(runs)
     for seed in range(args.seeds):
-        runs["imitation"].append(run_imitation(venv_python(venv), args.steps, seed))
-        for method in HERON_METHODS:
-            runs[method].append(run_heron(method, args.steps, seed))
+        for name in names[seed % len(names) :] + names[: seed % len(names)]:  # each seed starts one later
+            if name == "imitation":
+                runs[name].append(run_imitation(venv_python(venv), args.steps, seed))
+            else:
+                runs[name].append(run_heron(name, args.steps, seed))
         for name, rows in runs.items():
             r = rows[-1]
             print(f"  seed {seed} {name:<16} {r['wall_clock_s']:7.1f} s  return {r['final_return']:8.1f}", flush=True)
