@@ -101,10 +101,14 @@ N_STEPS = 2048  # heron's PPO n_steps for heron/Pendulum-v1, used on both sides
 PREFERRED_ITERATIONS = 5  # imitation's default num_iterations
 TORCH_PIN = "torch==2.13.0"
 IMITATION_PIN = "imitation==1.0.1"
-HERON_METHODS = ("heron", "heron-32x32", "flat-preference", "ground-truth")
-# heron-32x32: heron with imitation's reward-net width (BasicRewardNet's hid_sizes default, 32-32)
-# instead of heron's default 256-256, so that both sides fit a network of the same size.
-OPTIONS: dict[str, dict[str, Any]] = {"heron-32x32": {"reward_model": {"hidden": [32, 32]}}}
+# Each heron row: its heron method and extra train() settings. heron-32x32: heron with imitation's
+# reward-net width (BasicRewardNet's hid_sizes default, 32-32) instead of heron's default 256-256.
+HERON_RUNS: dict[str, tuple[str, dict[str, Any]]] = {
+    "heron": ("heron", {}),
+    "heron-32x32": ("heron", {"reward_model": {"hidden": [32, 32]}}),
+    "flat-preference": ("flat-preference", {}),
+    "ground-truth": ("ground-truth", {}),
+}
 
 PROBE = """
 import json
@@ -232,7 +236,7 @@ def run_imitation(python: Path, steps: int, seed: int) -> dict[str, Any]:
 
 
 def run_heron(name: str, steps: int, seed: int) -> dict[str, Any]:
-    method = name.removesuffix("-32x32")
+    method, options = HERON_RUNS[name]
     start = time.perf_counter()
     result = heron.train(
         ENV_ID,
@@ -241,7 +245,7 @@ def run_heron(name: str, steps: int, seed: int) -> dict[str, Any]:
         total_timesteps=steps,
         seed=seed,
         eval={"every": steps, "episodes": 5},
-        **OPTIONS.get(name, {}),
+        **options,
     )
     seconds = time.perf_counter() - start
     agent_steps = int(result.model.num_timesteps)
@@ -307,7 +311,7 @@ def main() -> None:
     print(f"PPO on both sides (heron's defaults; n_epochs is SB3's default, 10): {ppo_defaults()}")
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs\n", flush=True)
 
-    runs: dict[str, list[dict[str, Any]]] = {"imitation": [], **{m: [] for m in HERON_METHODS}}
+    runs: dict[str, list[dict[str, Any]]] = {"imitation": [], **{m: [] for m in HERON_RUNS}}
     names = list(runs)
     for seed in range(args.seeds):
         for name in names[seed % len(names) :] + names[: seed % len(names)]:  # each seed starts one later

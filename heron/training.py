@@ -241,19 +241,31 @@ class HeronCallback(BaseCallback):
     def _record(self) -> None:
         """Off-policy: append this step to the pool."""
         assert self.pool is not None
-        feats, n = self.run.features, self.training_env.num_envs
-        values = {"factors": self.run.swap.factors}
-        if "obs" in self.pool.fields:
-            values["obs"] = feats.encode(feats.obs_space, self.model._last_obs, n)  # type: ignore[arg-type]
-        if "action" in self.pool.fields:
-            values["action"] = feats.encode(feats.action_space, self.locals["actions"], n)
-        if "next_obs" in self.pool.fields:
-            next_obs = np.array(self.locals["new_obs"], dtype=np.float32, copy=True)
+
+        def next_obs() -> np.ndarray:
+            out = np.array(self.locals["new_obs"], dtype=np.float32, copy=True)
             for i, terminal in self._terminals():
-                next_obs[i] = terminal
-            values["next_obs"] = feats.encode(feats.obs_space, next_obs, n)
-        self.pool.add(self.locals["dones"], **values)
+                out[i] = terminal
+            return out
+
+        n = self.training_env.num_envs
+        fields = self._pool_fields(n, lambda: self.model._last_obs, lambda: self.locals["actions"], next_obs)
+        self.pool.add(self.locals["dones"], factors=self.run.swap.factors, **fields)
         self._since_relabel += 1
+
+    def _pool_fields(
+        self, n: int, obs: Callable[[], Any], action: Callable[[], Any], next_obs: Callable[[], Any]
+    ) -> dict[str, np.ndarray]:
+        """The reward-model inputs the pool keeps, encoded as (n, width) rows; each source is read
+        only if its field is kept."""
+        assert self.pool is not None
+        feats = self.run.features
+        sources = {
+            "obs": (feats.obs_space, obs),
+            "action": (feats.action_space, action),
+            "next_obs": (feats.obs_space, next_obs),
+        }
+        return {k: feats.encode(space, read(), n) for k, (space, read) in sources.items() if k in self.pool.fields}
 
     def _terminals(self) -> list[tuple[int, np.ndarray]]:
         """(env, last observation) of the episodes that ended this step and were reset."""
@@ -263,10 +275,11 @@ class HeronCallback(BaseCallback):
 
     def _stage(self) -> None:
         """On-policy: keep this step's factors and dones; observations and actions are in the rollout buffer."""
+        assert self.pool is not None
         t = self.model.rollout_buffer.pos  # type: ignore[attr-defined]
         self._staged_factors[t] = self.run.swap.factors
         self._staged_dones[t] = self.locals["dones"]
-        if "next_obs" in self.run.features.stored:
+        if "next_obs" in self.pool.fields:
             for i, terminal in self._terminals():
                 self._staged_terminals[(t, i)] = terminal
         self._since_relabel += 1
@@ -275,27 +288,26 @@ class HeronCallback(BaseCallback):
         """On-policy: append the whole rollout to the pool at once, from the rollout buffer and the staged steps."""
         assert self.pool is not None
         buffer = self.model.rollout_buffer  # type: ignore[attr-defined]
-        feats, steps, n_envs = self.run.features, buffer.buffer_size, buffer.n_envs
-        n = steps * n_envs
-        values = {"factors": self._staged_factors}
-        if "obs" in self.pool.fields:
-            values["obs"] = feats.encode(feats.obs_space, buffer.observations, n)
-        if "action" in self.pool.fields:
-            actions = buffer.actions
-            if isinstance(feats.action_space, spaces.Box):  # what the env was given, as SB3 does
-                if self.model.policy.squash_output:
-                    actions = self.model.policy.unscale_action(actions)
-                else:
-                    actions = np.clip(actions, feats.action_space.low, feats.action_space.high)
-            values["action"] = feats.encode(feats.action_space, actions, n)
-        if "next_obs" in self.pool.fields:
-            next_obs = np.concatenate([buffer.observations[1:], np.asarray(self.locals["new_obs"])[None]]).astype(
-                np.float32
-            )
+        steps, n_envs = buffer.buffer_size, buffer.n_envs
+
+        def actions() -> np.ndarray:  # what the env was given, as SB3 computes it
+            space = self.run.features.action_space
+            if not isinstance(space, spaces.Box):
+                return buffer.actions
+            if self.model.policy.squash_output:
+                return self.model.policy.unscale_action(buffer.actions)
+            return np.clip(buffer.actions, space.low, space.high)
+
+        def next_obs() -> np.ndarray:
+            out = np.concatenate([buffer.observations[1:], np.asarray(self.locals["new_obs"])[None]])
+            out = out.astype(np.float32)
             for (t, i), terminal in self._staged_terminals.items():
-                next_obs[t, i] = terminal
-            values["next_obs"] = feats.encode(feats.obs_space, next_obs, n)
-        self.pool.extend(self._staged_dones, **{k: v.reshape(steps, n_envs, -1) for k, v in values.items()})
+                out[t, i] = terminal
+            return out
+
+        fields = self._pool_fields(steps * n_envs, lambda: buffer.observations, actions, next_obs)
+        fields["factors"] = self._staged_factors
+        self.pool.extend(self._staged_dones, **{k: v.reshape(steps, n_envs, -1) for k, v in fields.items()})
         self._staged_terminals.clear()
 
     def _refit(self) -> bool:
