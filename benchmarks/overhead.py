@@ -6,10 +6,14 @@ Each (case, method) pair is trained `repeats` times, alternating methods so that
 machine load hit both; the fastest run of each is compared. Targets: PPO on heron/Pendulum-v1
 (50k steps) at most 1.10x, SAC (10k steps) at most 1.15x, with the env's tuned defaults and ten
 evaluations. Every other case trains with the settings of its ``configs/<case>.yaml`` (algorithm,
-its hyperparameters, the reward model and comparison settings) on a shorter budget, with one
-evaluation at the end only (evaluations are not reward learning and would dilute the
+its hyperparameters, the reward model and comparison settings) on a shorter budget (MountainCar:
+its whole 30k steps), with one evaluation at the end only (evaluations are not reward learning and would dilute the
 difference): the robots and MountainCar at most 1.10x, as the results' sweeps require, and
 the traffic networks (single: 10 one-hour episodes; 2x2 grid: 5 episodes, 4 lights) at most 1.10x.
+
+``--breakdown`` also trains heron once more with its callback's reward-learning steps timed (pair
+fits, relabeling, recording), and prints their seconds and share of that run: a figure that
+machine-load drift, which moves whole runs by 10-30% here, hardly touches.
 
 Two ratios are printed: the whole run, and training alone (``wall_clock_s`` of the final metrics
 row: from the start of learning to the start of the final evaluation). They differ where the
@@ -21,6 +25,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,7 @@ import torch
 
 import heron
 from heron.config import read_yaml
+from heron.training import HeronCallback
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -61,7 +69,7 @@ CASES = (
     from_config("hopper", 50_000, episodes=3),
     from_config("halfcheetah", 50_000, episodes=3),
     from_config("ant", 50_000, episodes=3),
-    from_config("mountaincar", 10_000, episodes=3),
+    from_config("mountaincar", 30_000, episodes=3),  # its whole run: episode fits grow with the pool
     from_config("traffic-single", 7_200),
     from_config("traffic-grid2x2", 14_400),
 )
@@ -76,11 +84,48 @@ def timed(case: Case, method: str, seed: int) -> tuple[float, float, float]:
     return time.perf_counter() - start, float(result.metrics[-1]["wall_clock_s"]), result.final_return
 
 
+HERON_STEPS = ("_refit", "_relabel_rollout", "_relabel_replay", "_record", "_stage", "_record_rollout")
+
+
+@contextmanager
+def timed_callback_steps() -> Iterator[Counter[str]]:
+    """Seconds spent in each of HeronCallback's reward-learning steps while the block runs."""
+    spent: Counter[str] = Counter()
+    originals = {name: getattr(HeronCallback, name) for name in HERON_STEPS}
+
+    def timer(name: str, fn: Callable[..., object]) -> Callable[..., object]:
+        def run(self: HeronCallback, *args: object, **kwargs: object) -> object:
+            start = time.perf_counter()
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - start
+
+        return run
+
+    for name, fn in originals.items():
+        setattr(HeronCallback, name, timer(name, fn))
+    try:
+        yield spent
+    finally:
+        for name, fn in originals.items():
+            setattr(HeronCallback, name, fn)
+
+
+def breakdown(case: Case, seed: int) -> None:
+    with timed_callback_steps() as spent:
+        whole, _, _ = timed(case, "heron", seed)
+    steps = ", ".join(f"{name.lstrip('_')} {spent[name]:.2f}" for name in HERON_STEPS if spent[name])
+    total = sum(spent.values())
+    print(f"{case.name}: heron's own steps {total:.1f} s of {whole:.1f} s ({total / whole:.1%}): {steps}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=[c.name for c in CASES], action="append", help="run these cases only")
+    parser.add_argument("--breakdown", action="store_true", help="also time heron's own steps inside one run")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; repeats {args.repeats}, seed {args.seed}")
     print(f"{'case':<16} {'steps':>6} {'method':<12} {'best s':>7} {'train s':>7} {'all runs s':<14} {'return':>8}")
@@ -105,6 +150,8 @@ def main() -> None:
             ratio = values["heron"] / values["ground-truth"]
             verdict = "meets" if ratio <= case.target else "MISSES"
             print(f"{case.name}: heron / ground-truth, {what} = {ratio:.3f}x ({verdict} the {case.target:.2f}x target)")
+        if args.breakdown:
+            breakdown(case, args.seed)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ class RewardModelConfig(_Strict):
         positive reward and staying alive pays (envs that end on failure, e.g. Hopper, Ant).
         ``high``: its 99th percentile, so steps cost and ending sooner pays (envs that end on
         success, e.g. MountainCar).
+    :param scale: the std of the normalized reward. 1 suits most tuned settings; lower it when the
+        agent's settings expect small rewards (SAC with a fixed entropy coefficient).
     :param lr: Adam learning rate.
     :param weight_decay: L2 penalty.
     :param epochs: passes over each refit's pairs.
@@ -55,6 +57,7 @@ class RewardModelConfig(_Strict):
     ensemble: int = Field(1, ge=1)
     normalize: bool = True
     offset: Literal["mean", "low", "high"] = "mean"
+    scale: float = Field(1.0, gt=0, allow_inf_nan=False)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     epochs: int = Field(2, ge=1)

@@ -56,6 +56,8 @@ class RewardModel(nn.Module):
         that ``offset`` maps to 0.
     :param offset: ``"mean"`` (zero mean), ``"low"`` (the 1st percentile is 0: almost every step
         positive) or ``"high"`` (the 99th percentile is 0: almost every step negative).
+    :param scale: the std of the normalized reward (match the reward scale the agent's
+        hyperparameters were tuned for; SAC's entropy coefficient is relative to it).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class RewardModel(nn.Module):
         ensemble: int = 1,
         normalize: bool = True,
         offset: str = "mean",
+        scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.out_shift: torch.Tensor
@@ -75,12 +78,15 @@ class RewardModel(nn.Module):
             raise ConfigError(f"reward_model.ensemble must be >= 1, got {ensemble}")
         if offset not in OFFSETS:
             raise ConfigError(f"reward_model.offset must be one of {', '.join(OFFSETS)}, got {offset!r}")
+        if not scale > 0 or scale == float("inf"):
+            raise ConfigError(f"reward_model.scale must be a finite number > 0, got {scale!r}")
         self.config: dict[str, Any] = {
             "input_dim": int(input_dim),
             "hidden": [int(h) for h in hidden],
             "ensemble": int(ensemble),
             "normalize": bool(normalize),
             "offset": offset,
+            "scale": float(scale),
         }
         widths = [int(input_dim), *(int(h) for h in hidden), 1]
         self.weights = nn.ParameterList()
@@ -110,7 +116,7 @@ class RewardModel(nn.Module):
         """Per-step learned reward (ensemble mean, standardized), shape (N,)."""
         out = torch.cat([self(part).mean(0) for part in x.split(chunk)]) if len(x) else x.new_zeros(0)
         if self.config["normalize"]:
-            out = (out - self.out_shift) / self.out_std
+            out = (out - self.out_shift) / self.out_std * self.config["scale"]
         return out
 
     @torch.no_grad()

@@ -625,7 +625,7 @@ def _build(run: _Run) -> tuple[VecEnv, dict[str, Any]]:
     run.features = _Features(venv.observation_space, venv.action_space, len(run.factor_names), cfg.reward_model.inputs)
     rm = cfg.reward_model
     torch.manual_seed(cfg.seed)
-    run.reward_model = RewardModel(run.features.dim, rm.hidden, rm.ensemble, rm.normalize, rm.offset)
+    run.reward_model = RewardModel(run.features.dim, rm.hidden, rm.ensemble, rm.normalize, rm.offset, rm.scale)
     if run.learned:
         run.trainer = BradleyTerryTrainer(
             run.reward_model, TrainerConfig(rm.lr, rm.weight_decay, rm.epochs, rm.batch_size), seed=cfg.seed

@@ -78,6 +78,7 @@ BAD_CONFIGS = [
     ({**TINY, "total_timesteps": -5}, "total_timesteps"),
     ({**TINY, "colour": "blue"}, "colour: unknown setting"),
     ({**TINY, "reward_model": {"offset": "median"}}, "reward_model.offset"),
+    ({**TINY, "reward_model": {"scale": 0}}, "reward_model.scale"),
     ({k: v for k, v in TINY.items() if k != "env"}, "env: required setting is missing"),
     ({**TINY, "env": "Pendulum-v1"}, "reports no info['factors']"),
     (

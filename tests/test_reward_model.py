@@ -129,6 +129,21 @@ def test_reward_is_the_normalized_ensemble_mean():
     assert model.reward(torch.zeros(0, 4)).shape == (0,)
 
 
+@pytest.mark.parametrize(("offset", "scale"), [("mean", 0.1), ("high", 0.1), ("low", 3.0)])
+def test_scale_sets_the_std_of_the_normalized_reward(offset, scale):
+    model = RewardModel(4, hidden=(16,), offset=offset, scale=scale)
+    x = torch.randn(2000, 4)
+    model.refresh_normalization(x)
+    reward = model.reward(x)
+    assert float(reward.std()) == pytest.approx(scale, rel=2e-3)
+    unscaled = RewardModel(4, hidden=(16,), offset=offset)
+    unscaled.load_state_dict(model.state_dict())
+    torch.testing.assert_close(reward, unscaled.reward(x) * scale)
+    quantile = {"mean": None, "high": 0.99, "low": 0.01}[offset]
+    if quantile is not None:  # the offset's quantile still maps to 0
+        assert float(torch.quantile(reward, quantile)) == pytest.approx(0.0, abs=1e-5)
+
+
 def test_refresh_normalization_after_training_and_without_normalize():
     model = RewardModel(2, hidden=(8,), normalize=False)
     x = torch.randn(100, 2)
@@ -172,7 +187,8 @@ def test_save_load_round_trip(tmp_path):
     assert "out_shift" in header and "out_std" in header
     with safe_open(str(path), framework="pt") as f:
         config = json.loads(f.metadata()["config"])
-    assert config == {"input_dim": 3, "hidden": [16, 8], "ensemble": 2, "normalize": True, "offset": "mean"}
+    expected = {"input_dim": 3, "hidden": [16, 8], "ensemble": 2, "normalize": True, "offset": "mean", "scale": 1.0}
+    assert config == expected
 
     loaded = RewardModel.load(path)
     assert isinstance(loaded, RewardModel) and loaded.config == model.config
@@ -196,6 +212,9 @@ def test_load_rejects_a_file_without_config(tmp_path):
         ({"input_dim": 3, "ensemble": -2}, "ensemble"),
         ({"input_dim": 0}, "input_dim"),
         ({"input_dim": 3, "offset": "median"}, "offset"),
+        ({"input_dim": 3, "scale": 0.0}, "scale"),
+        ({"input_dim": 3, "scale": float("nan")}, "scale"),
+        ({"input_dim": 3, "scale": float("inf")}, "scale"),
     ],
 )
 def test_bad_model_arguments_are_config_errors(kwargs, field):

@@ -282,6 +282,16 @@ def test_every_reward_model_input_trains(algorithm: str) -> None:
         assert np.isfinite(result.metrics[-1]["rm_loss"])
 
 
+def test_reward_scale_reaches_the_replay_buffer() -> None:
+    """reward_model.scale sets the spread of the rewards the agent learns from."""
+    result = _pendulum("sac", reward_model={"hidden": [32, 32], "scale": 0.1})
+    assert result.reward_model.config["scale"] == 0.1
+    buffer = result.model.replay_buffer
+    rewards = buffer.rewards[: buffer.pos].ravel()
+    assert rewards.std() == pytest.approx(0.1, rel=0.05)
+    assert abs(rewards.mean()) < 0.01
+
+
 def test_on_policy_pool_holds_exactly_the_steps_taken(monkeypatch) -> None:
     """Rollouts appended at once hold each step's observation, the action the env was given (clipped),
     the next observation (the terminal one where an episode ended), the factors and the dones."""
