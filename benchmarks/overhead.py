@@ -7,9 +7,9 @@ machine load hit both; the fastest run of each is compared. Targets: PPO on hero
 (50k steps) at most 1.10x, SAC (10k steps) at most 1.15x, with the env's tuned defaults and ten
 evaluations. Every other case trains with the settings of its ``configs/<case>.yaml`` (algorithm,
 its hyperparameters, the reward model and comparison settings) on a shorter budget (MountainCar:
-its whole 30k steps), with one evaluation at the end only (evaluations are not reward learning and would dilute the
-difference): the robots and MountainCar at most 1.10x, as the results' sweeps require, and
-the traffic networks (single: 10 one-hour episodes; 2x2 grid: 5 episodes, 4 lights) at most 1.10x.
+its whole 30k steps), with one evaluation at the end only (evaluations are not reward learning
+and would dilute the difference): the robots and MountainCar at most 1.10x, as the results'
+sweeps require, and the traffic networks (single: 10 one-hour episodes; 2x2 grid: 5 episodes, 4 lights) at most 1.10x.
 
 ``--breakdown`` also trains heron once more with its callback's reward-learning steps timed (pair
 fits, relabeling, recording), and prints their seconds and share of that run: a figure that

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ class RewardModel(nn.Module):
             raise ConfigError(f"reward_model.ensemble must be >= 1, got {ensemble}")
         if offset not in OFFSETS:
             raise ConfigError(f"reward_model.offset must be one of {', '.join(OFFSETS)}, got {offset!r}")
-        if not scale > 0 or scale == float("inf"):
+        if not (math.isfinite(scale) and scale > 0):
             raise ConfigError(f"reward_model.scale must be a finite number > 0, got {scale!r}")
         self.config: dict[str, Any] = {
             "input_dim": int(input_dim),
