@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from heron import ConfigError
 from heron.cli import app
-from heron.experiments.runner import compare, resolve_method
+from heron.config import METHODS
+from heron.experiments.runner import compare, load_sweep, resolve_method
 from heron.experiments.summary import mean_ci
 
 runner = CliRunner()
@@ -192,9 +193,6 @@ def test_compare_on_local_ray(tmp_path: Path, monkeypatch) -> None:
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_configs_and_every_variant_validate(path: Path) -> None:
     """Every config in configs/ and each of its variants is a valid run, as `heron compare` reads it."""
-    from heron.config import METHODS
-    from heron.experiments.runner import load_sweep
-
     base, variants, _ = load_sweep(path)
     for name in (*METHODS, *variants):
         assert resolve_method(base, name, variants)["env"] == base["env"]
