@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from heron.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+# Only typer, rich's console and heron's errors load at import time (`heron --help` stays fast):
+# each command imports what it needs itself.
 
 app = typer.Typer(
     help="heron-rl: train Stable-Baselines3 agents from a ranking of reward factors (HERON).",
@@ -61,22 +65,42 @@ def train(
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train one agent from a config file (or resume an interrupted run)."""
-    from heron import config as configs
-    from heron.training import resume as resume_run
-    from heron.training import run_config
+    """Train one agent from a config file (or resume an interrupted run).
 
+    A `heron compare` file trains its base config (its variants and threshold are for compare).
+    """
     if resume is not None:
         if config is not None:
             raise ConfigError("give either CONFIG or --resume RUN_DIR, not both")
+        if not resume.exists():
+            raise ConfigError(f"resume: {resume} does not exist")
+        from heron.sb3.run import resume as resume_run
+
         result = resume_run(resume, progress=progress)
     else:
         if config is None:
             raise ConfigError("missing CONFIG (a YAML run config) or --resume RUN_DIR")
-        cfg = configs.load(config)
+        from heron import config as configs
+
+        data, variants, threshold = configs.load_sweep(config)  # the file's own errors name the file
+        if variants or threshold is not None:
+            uses = [f"runs its variants ({', '.join(variants)})"] if variants else []
+            uses += ["uses its threshold"] if threshold is not None else []
+            console.print(
+                f"[dim]{config}: training the base config; `heron compare` {' and '.join(uses)}[/]", soft_wrap=True
+            )
         overrides = {"method": method, "seed": seed, "total_timesteps": total_timesteps}
-        data = cfg.model_dump(mode="json") | {k: v for k, v in overrides.items() if v is not None}
+        for key, value in overrides.items():
+            if value is not None:
+                data[key] = value
+                flag = "--" + key.replace("_", "-")
+                try:
+                    configs.validate(data, flag)
+                except ConfigError as err:  # "--method: method: unknown ..." names the option once
+                    raise ConfigError(str(err).replace(f"{flag}: {key}: ", f"{flag}: ", 1)) from None
         cfg = configs.validate(data, str(config))
+        from heron.sb3.run import run_config
+
         if out is None:
             out = Path("runs") / f"{config.stem}-{cfg.method}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         result = run_config(cfg, out=out, progress=progress)
@@ -96,6 +120,8 @@ def demo(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train heron, weighted-sum (equal weights) and ground-truth on Pendulum and compare them."""
+    from rich.table import Table
+
     from heron.demo import DEMO_ENV, DEMO_METHODS, run_demo
 
     if out.exists() and any(out.iterdir()):
@@ -175,22 +201,30 @@ def envs(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
 ) -> None:
     """List the registered factorized environments, their factors and default rankings."""
+    import json
+
+    from rich.markup import escape
+    from rich.table import Table
+
     from heron.envs import REGISTRY
 
     if as_json:
-        print(json.dumps([info.as_json() for info in REGISTRY.values()], indent=2))
+        rows = [info.as_json() | {"extra": info.extra, "installed": info.installed} for info in REGISTRY.values()]
+        print(json.dumps(rows, indent=2))
         return
     table = Table(title="factorized environments")
     table.add_column("id", no_wrap=True)
     table.add_column("factors")
     table.add_column("default ranking (most important first)")
     table.add_column("description")
+    table.add_column("installed", no_wrap=True)
     for info in REGISTRY.values():
         ranking = " > ".join(
             f"{f.name} ({f.direction}{'' if f.margin == 0 else f', margin {f.margin:g} {f.margin_mode}'})"
             for f in info.hierarchy.factors
         )
-        table.add_row(info.id, ", ".join(info.factors), ranking, info.description)
+        installed = "yes" if info.installed else escape(f"needs heron-rl[{info.extra}]")
+        table.add_row(info.id, ", ".join(info.factors), ranking, info.description, installed)
     _print_wide(table)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -192,24 +193,63 @@ def validate(data: Any, source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}: {err}") from None
 
 
+S = TypeVar("S", bound=BaseModel)
+
+
+def validate_section(kind: type[S], data: S | Mapping[str, Any] | None, source: str) -> S:
+    """One validated config section from an instance, a mapping of its keys, or None (its defaults)."""
+    if isinstance(data, kind):
+        return data
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        return kind.model_validate(dict(data or {}))
+    except ValidationError as err:
+        raise ConfigError(f"{source}.{_first_error(err)}") from None
+
+
 def read_yaml(path: str | Path) -> Any:
     """The parsed contents of a YAML file; a :class:`ConfigError` when it cannot be read or parsed."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at line {line})") from None
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: invalid YAML{where}") from None
+    except yaml.YAMLError as err:  # one line: where, what, and in what (PyYAML's problem and context)
+
+        def at(mark: Any) -> str:
+            return f" at line {mark.line + 1}" if mark is not None else ""
+
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        context = " ".join(str(getattr(err, "context", None) or "").split())
+        if context:
+            problem += f" ({context}{at(getattr(err, 'context_mark', None))})"
+        raise ConfigError(f"{path}: invalid YAML{at(getattr(err, 'problem_mark', None))}: {problem}") from None
 
 
 def load(path: str | Path) -> RunConfig:
     """Read and validate a YAML config file."""
     return validate(read_yaml(path), str(path))
+
+
+def load_sweep(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], float | None]:
+    """A compare config: a run config plus optional ``variants`` ({name: overrides}) and ``threshold``."""
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    variants = data.pop("variants", None) or {}
+    threshold = data.pop("threshold", None)
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise ConfigError(f"{path}: variants must map names to setting overrides")
+    if threshold is not None and not isinstance(threshold, int | float):
+        raise ConfigError(f"{path}: threshold must be a number")
+    validate(data, str(path))
+    return data, variants, None if threshold is None else float(threshold)
 
 
 def _first_error(err: ValidationError) -> str:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from heron import report
-from heron.training import TrainResult, train
+from heron.sb3.run import TrainResult, train
 
 DEMO_ENV = "heron/Pendulum-v1"
 DEMO_METHODS = ("heron", "weighted-sum", "ground-truth")

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
+import numpy as np
 
 from heron.envs import make_env
 from heron.errors import ConfigError, FactorError
@@ -79,7 +80,7 @@ class RewardInfoFactors(gym.Wrapper):
 
     def __init__(self, env: gym.Env, name: str | None = None) -> None:
         super().__init__(env)
-        self.name = name or _env_name(env)
+        self.name = name or env_name(env)
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
@@ -102,7 +103,8 @@ class RewardInfoFactors(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-def _env_name(env: gym.Env) -> str:
+def env_name(env: gym.Env) -> str:
+    """What an env is called in messages: its Gymnasium id, else its class name."""
     spec = getattr(env, "spec", None)
     return spec.id if spec is not None else type(env.unwrapped).__name__
 
@@ -148,7 +150,12 @@ def probe_factor_names(env: gym.Env, seed: int = 0, where: str = "env") -> list[
     """Reset the env and take one random step to learn which factors it reports."""
     env.reset(seed=seed)
     env.action_space.seed(seed)
-    *_, info = env.step(env.action_space.sample())
+    _, reward, *_, info = env.step(env.action_space.sample())
+    if np.ndim(reward) != 0:
+        raise ConfigError(
+            f"{where} returns a step reward of shape {np.shape(reward)}: heron needs a scalar env reward"
+            " (wrap a vector-reward env so that info['factors'] names each component and the reward is one number)"
+        )
     reported = info.get("factors")
     if not isinstance(reported, Mapping) or not reported:
         raise FactorError(f"{where} reports no info['factors']: wrap it with heron.FactorWrapper")

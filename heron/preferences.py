@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
+import torch
 
+from heron.errors import ConfigError
 from heron.hierarchy import Comparison, Hierarchy
 
 UnitKind = Literal["transition", "segment", "episode"]
@@ -49,6 +51,33 @@ class ExperiencePool:
         self.starts[t] = starts[steps - keep :]
         self._next_is_start = dones[-1].copy()
         self.count += steps
+
+    def state_dict(self) -> dict[str, Any]:
+        """The pool's contents as tensors and plain data."""
+        return {
+            "fields": {k: torch.from_numpy(v.copy()) for k, v in self.fields.items()},
+            "dones": torch.from_numpy(self.dones.copy()),
+            "starts": torch.from_numpy(self.starts.copy()),
+            "next_is_start": torch.from_numpy(self._next_is_start.copy()),
+            "count": self.count,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; a :class:`ConfigError` when its shapes are not this pool's."""
+        fields = state["fields"]
+        if set(fields) != set(self.fields):
+            raise ConfigError(f"pool: the saved fields {sorted(fields)} are not {sorted(self.fields)}")
+        for name, array in self.fields.items():
+            if tuple(fields[name].shape) != array.shape:
+                raise ConfigError(f"pool: saved {name} has shape {tuple(fields[name].shape)}, expected {array.shape}")
+            array[:] = fields[name].numpy()
+        self.dones[:] = state["dones"].numpy().reshape(self.dones.shape)
+        self.starts[:] = state["starts"].numpy().reshape(self.starts.shape)
+        self._next_is_start[:] = state["next_is_start"].numpy().reshape(self.n_envs)
+        count = int(state["count"])
+        if count < 0:
+            raise ConfigError(f"pool: saved step count {count} is negative")
+        self.count = count
 
     @property
     def size(self) -> int:

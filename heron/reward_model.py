@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from heron.errors import ConfigError
+from heron.features import Encoding
 
 # Where the standardized reward's zero sits: the mean of the latest data, or one of its quantiles.
 OFFSET_QUANTILES = {"low": 0.01, "high": 0.99}
@@ -59,6 +61,8 @@ class RewardModel(nn.Module):
         positive) or ``"high"`` (the 99th percentile is 0: almost every step negative).
     :param scale: the std of the normalized reward (match the reward scale the agent's
         hyperparameters were tuned for; SAC's entropy coefficient is relative to it).
+    :param encoding: how raw observations, actions and factors become feature rows; saved with the
+        model, so that :meth:`reward` scores raw inputs after :meth:`load` (None: :meth:`score` only).
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class RewardModel(nn.Module):
         normalize: bool = True,
         offset: str = "mean",
         scale: float = 1.0,
+        encoding: Encoding | None = None,
     ) -> None:
         super().__init__()
         self.out_shift: torch.Tensor
@@ -81,6 +86,9 @@ class RewardModel(nn.Module):
             raise ConfigError(f"reward_model.offset must be one of {', '.join(OFFSETS)}, got {offset!r}")
         if not (math.isfinite(scale) and scale > 0):
             raise ConfigError(f"reward_model.scale must be a finite number > 0, got {scale!r}")
+        if encoding is not None and encoding.dim != input_dim:
+            raise ConfigError(f"reward_model: the encoding is {encoding.dim} wide, input_dim is {input_dim}")
+        self.encoding = encoding
         self.config: dict[str, Any] = {
             "input_dim": int(input_dim),
             "hidden": [int(h) for h in hidden],
@@ -113,12 +121,26 @@ class RewardModel(nn.Module):
         return h.squeeze(-1)
 
     @torch.no_grad()
-    def reward(self, x: torch.Tensor, chunk: int = 65_536) -> torch.Tensor:
-        """Per-step learned reward (ensemble mean, standardized), shape (N,)."""
+    def score(self, x: torch.Tensor, chunk: int = 65_536) -> torch.Tensor:
+        """Per-step learned reward of feature rows (N, D): the ensemble mean, standardized; shape (N,)."""
         out = torch.cat([self(part).mean(0) for part in x.split(chunk)]) if len(x) else x.new_zeros(0)
         if self.config["normalize"]:
             out = (out - self.out_shift) / self.out_std * self.config["scale"]
         return out
+
+    def reward(self, *, obs: Any = None, action: Any = None, next_obs: Any = None, factors: Any = None) -> np.ndarray:
+        """Per-step learned reward of raw inputs, one per row: shaped like the inputs' leading axes.
+
+        Give the fields the model reads (``encoding.inputs``): observations and actions as the env
+        gives and takes them (Discrete as integers), factors as an array whose last axis follows
+        ``encoding.factors`` or as a dict name -> array.
+        """
+        if self.encoding is None:
+            raise ConfigError("reward_model: this model has no input encoding; score feature rows with score()")
+        given = {"obs": obs, "action": action, "next_obs": next_obs, "factors": factors}
+        encoded, lead = self.encoding.encode(given, self.encoding.inputs)
+        rows = torch.from_numpy(self.encoding.rows(encoded))
+        return self.score(rows).numpy().reshape(lead)
 
     @torch.no_grad()
     def refresh_normalization(self, x: torch.Tensor) -> None:
@@ -140,19 +162,30 @@ class RewardModel(nn.Module):
     def save(self, path: str | Path) -> None:
         """Write the weights and architecture to a safetensors file (no pickle)."""
         tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(path), metadata={"config": json.dumps(self.config)})
+        metadata = {"config": json.dumps(self.config)}
+        if self.encoding is not None:
+            metadata["encoding"] = json.dumps(self.encoding.as_json())
+        save_file(tensors, str(path), metadata=metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> RewardModel:
         """Rebuild a model saved with :meth:`save`."""
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if "config" not in meta:
-            raise ConfigError(f"{path}: not a heron reward model (no config metadata)")
-        model = cls(**json.loads(meta["config"]))
-        model.load_state_dict(load_file(str(path)))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            if "config" not in meta:
+                raise ConfigError(f"{path}: not a heron reward model (no config metadata)")
+            encoding = Encoding.from_json(json.loads(meta["encoding"])) if "encoding" in meta else None
+            model = cls(**json.loads(meta["config"]), encoding=encoding)
+            model.load_state_dict(load_file(str(path)))
+        except ConfigError:
+            raise
+        except Exception as err:  # a damaged or foreign file: name it, in one line
+            raise ConfigError(f"{path}: not a readable heron reward model ({type(err).__name__})") from None
+        if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()):
+            raise ConfigError(f"{path}: the reward model holds non-finite weights")
         return model
 
 

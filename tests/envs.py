@@ -63,3 +63,23 @@ gym.register(
     "heron_test/PendulumDropsTorque-v0",
     entry_point=lambda: DropsFactor(gym.make("heron/Pendulum-v1"), "torque", after=300),
 )
+
+
+CRASH_AFTER: int | None = None  # tests set it: each env instance raises once it has taken this many steps
+
+
+class CrashesAfter(gym.Wrapper):
+    """Raises RuntimeError (a simulated kill) once this instance has stepped ``CRASH_AFTER`` times."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.steps = 0
+
+    def step(self, action: Any) -> Any:
+        self.steps += 1
+        if CRASH_AFTER is not None and self.steps > CRASH_AFTER:
+            raise RuntimeError("simulated crash")
+        return self.env.step(action)
+
+
+gym.register("heron_test/PendulumCrashes-v0", entry_point=lambda: CrashesAfter(gym.make("heron/Pendulum-v1")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -14,7 +15,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import heron.envs
 from heron.cli import app
+
+CONFIGS = Path(__file__).parents[1] / "configs"
 
 runner = CliRunner()
 TINY = {
@@ -41,6 +45,39 @@ def test_envs_lists_factors_and_rankings() -> None:
     assert [f["name"] for f in envs["heron/MountainCarContinuous-v0"]["hierarchy"]] == ["goal", "energy"]
     table = runner.invoke(app, ["envs"])
     assert table.exit_code == 0 and "heron/Pendulum-v1" in table.stdout
+
+
+def test_envs_marks_envs_whose_extra_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    mujoco = importlib.util.find_spec("mujoco") is not None
+    envs = {e["id"]: e for e in json.loads(runner.invoke(app, ["envs", "--json"]).stdout)}
+    assert envs["heron/Pendulum-v1"]["installed"] is True and envs["heron/Pendulum-v1"]["extra"] is None
+    assert envs["heron/Hopper-v5"]["installed"] is mujoco and envs["heron/Hopper-v5"]["extra"] == "mujoco"
+
+    monkeypatch.setattr(heron.envs, "_importable", lambda module: module != "mujoco")
+    envs = {e["id"]: e for e in json.loads(runner.invoke(app, ["envs", "--json"]).stdout)}
+    assert [i for i, e in envs.items() if not e["installed"]] == [
+        "heron/HalfCheetah-v5",
+        "heron/Hopper-v5",
+        "heron/Ant-v5",
+    ]
+    table = runner.invoke(app, ["envs"])
+    assert table.exit_code == 0
+    rows = {line.split()[1]: line for line in table.stdout.splitlines() if line.startswith("│ heron/")}
+    assert "needs heron-rl[mujoco]" in rows["heron/Hopper-v5"]
+    assert "needs" not in rows["heron/Pendulum-v1"] and "yes" in rows["heron/Pendulum-v1"]
+    assert "yes" in rows["heron/TrafficSingle-v0"]
+
+
+@pytest.mark.parametrize(
+    ("missing", "installed"),
+    [((), True), (("libsumo",), True), (("libsumo", "traci"), False), (("sumo_rl",), False), (("sumo",), False)],
+)
+def test_traffic_extra_needs_a_sumo_client_sumo_rl_and_sumo(
+    monkeypatch: pytest.MonkeyPatch, missing: tuple[str, ...], installed: bool
+) -> None:
+    monkeypatch.setattr(heron.envs, "_importable", lambda module: module not in missing)
+    assert heron.envs.REGISTRY["heron/TrafficSingle-v0"].installed is installed
+    assert heron.envs.REGISTRY["heron/Pendulum-v1"].installed
 
 
 def test_train_writes_run_directory(tmp_path: Path) -> None:
@@ -85,7 +122,12 @@ BAD_CONFIGS = [
         {**TINY, "env": "heron_test/PendulumDropsTorque-v0", "hierarchy": [{"name": "torque"}]},
         "did not report factor 'torque'",
     ),
-    ("env: [unclosed\n", "invalid YAML"),
+    ("env: [unclosed\n", "invalid YAML at line 2: expected ',' or ']', but got '<stream end>'"),
+    ("env: [unclosed\n", "(while parsing a flow sequence at line 1)"),
+    (
+        "env: heron/Pendulum-v1\nseed: 1\nmethod: heron: x\n",
+        "invalid YAML at line 3: mapping values are not allowed here",
+    ),
     ("- just\n- a list\n", "expected a mapping"),
 ]
 
@@ -106,16 +148,53 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path, config: object, messag
     [
         (["train", "missing.yaml"], "cannot read config"),
         (["train"], "missing CONFIG"),
-        (["train", "--resume", "nowhere"], "no config.yaml"),
-        (["train", "--total-timesteps", "0", "CONFIG"], "total_timesteps"),
+        (["train", "--resume", "nowhere"], "resume: nowhere does not exist"),
+        (["train", "--resume", "EMPTY"], "no config.yaml"),
+        (["train", "--total-timesteps", "0", "CONFIG"], "error: --total-timesteps: "),
+        (["train", "--method", "magic", "CONFIG"], "error: --method: unknown method 'magic' (choose from heron, "),
+        (["train", "--method", "heron", "--seed", "1", "--total-timesteps", "-3", "CONFIG"], "--total-timesteps"),
     ],
 )
 def test_bad_command_line_exits_2(tmp_path: Path, args: list[str], message: str) -> None:
-    args = [str(write(tmp_path, TINY)) if a == "CONFIG" else a for a in args]
+    (tmp_path / "empty").mkdir()
+    config = write(tmp_path, TINY)
+    args = [{"CONFIG": str(config), "EMPTY": str(tmp_path / "empty")}.get(a, a) for a in args]
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    assert str(config) not in result.stderr  # command-line mistakes are not blamed on the file
+
+
+def test_config_that_is_not_utf8_exits_2_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"env: heron/Pendulum-v1\n# caf\xe9 in Latin-1\n")
+    result = runner.invoke(app, ["train", str(path), "--no-progress"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: {path}: not UTF-8 text (byte 0xe9 at line 2)"]
+
+
+@pytest.mark.parametrize("name", ["hopper.yaml", "mountaincar.yaml"])
+def test_train_takes_the_base_config_of_a_shipped_sweep_file(name: str) -> None:
+    """Its `variants` are not settings of a run: train validates the base config (and here stops
+    at the bad --total-timesteps, before anything trains)."""
+    assert "variants" in yaml.safe_load((CONFIGS / name).read_text())
+    result = runner.invoke(app, ["train", str(CONFIGS / name), "--total-timesteps", "0", "--no-progress"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == ["error: --total-timesteps: Input should be greater than 0"]
+    assert "training the base config; `heron compare` runs its variants (" in " ".join(result.stdout.split())
+
+
+def test_train_names_the_sweep_keys_it_leaves_to_compare(tmp_path: Path) -> None:
+    path = write(tmp_path, {**TINY, "variants": {"wide": {"reward_model": {"hidden": [64]}}}, "threshold": -200})
+    result = runner.invoke(app, ["train", str(path), "--method", "magic", "--no-progress"])
+    assert result.exit_code == 2 and "error: --method: unknown method 'magic'" in result.stderr
+    out = " ".join(result.stdout.split())
+    assert "`heron compare` runs its variants (wide) and uses its threshold" in out
+    bad = write(tmp_path, {**TINY, "variants": ["wide"]}, "bad.yaml")
+    result = runner.invoke(app, ["train", str(bad), "--no-progress"])
+    assert result.exit_code == 2 and f"{bad}: variants must map names to setting overrides" in result.stderr
+    assert "variants: unknown setting" not in result.stderr
 
 
 def test_resume_after_kill(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from heron import ConfigError
+from heron import ConfigError, checkpoints
 from heron.cli import app
 from heron.config import METHODS
 from heron.experiments.runner import compare, load_sweep, resolve_method
@@ -157,20 +157,22 @@ def test_killed_sweep_resumes(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    states = [out / "runs" / m / "seed0" / "checkpoints" / "state.json" for m in ("heron", "ground-truth")]
+    runs = [out / "runs" / m / "seed0" for m in ("heron", "ground-truth")]
     deadline = time.monotonic() + 180
-    while not all(s.exists() for s in states) and proc.poll() is None and time.monotonic() < deadline:
+    while not all((r / "checkpoints" / "LATEST").exists() for r in runs) and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = {s: json.loads(s.read_text())["num_timesteps"] for s in states}
-    assert any(not json.loads(s.read_text())["complete"] for s in states)
+    before = {r: checkpoints.latest(r).state["num_timesteps"] for r in runs}
+    assert any(not checkpoints.latest(r).state["complete"] for r in runs)
     result = compare(config, ["heron", "ground-truth"], 1, out, workers=2, progress=False)
     assert {o.status for o in result.outcomes} <= {"done", "skipped"}
-    for state in states:
-        final = json.loads(state.read_text())
-        assert final["complete"] and final["num_timesteps"] >= before[state]
-        steps = [int(line.split(",")[0]) for line in (state.parents[1] / "metrics.csv").read_text().splitlines()[1:]]
+    for run in runs:
+        final = checkpoints.latest(run).state
+        assert final["complete"] and final["num_timesteps"] >= before[run]
+        steps = [int(line.split(",")[0]) for line in (run / "metrics.csv").read_text().splitlines()[1:]]
         assert steps == sorted(set(steps)) and steps[-1] == 4096
 
 

@@ -24,7 +24,7 @@ import heron
 import heron.envs.traffic
 from heron.envs import REGISTRY
 from heron.envs.traffic import TrafficEnv, _backend, _nets
-from heron.slots import SlotVecEnv
+from heron.sb3.vec_env import SlotVecEnv
 
 FACTORS = ["queue", "waiting_time", "delay", "throughput", "switches", "safety"]
 DIRECTIONS = ["min", "min", "min", "max", "min", "min"]

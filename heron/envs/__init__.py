@@ -5,6 +5,8 @@ Environments only produce factors; they never import training code.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,11 @@ class EnvInfo:
     algorithm_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: str | None = None
 
+    @property
+    def installed(self) -> bool:
+        """Whether the packages of the env's extra can be imported (found, not imported: no MuJoCo or SUMO loads)."""
+        return self.extra is None or extra_installed(self.extra)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -48,6 +55,28 @@ class EnvInfo:
 
 
 REGISTRY: dict[str, EnvInfo] = {}
+
+EXTRA_MODULES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "mujoco": (("mujoco",),),
+    # heron/envs/traffic.py: a SUMO client (libsumo, else TraCI), sumo-rl's networks, and SUMO
+    # itself (eclipse-sumo's `sumo` package, unless SUMO_HOME points at an installed SUMO).
+    "traffic": (("libsumo", "traci"), ("sumo_rl",), ("sumo",)),
+}
+"""``{extra: groups}``: the extra is installed when one module of every group can be found."""
+
+
+def _importable(module: str) -> bool:
+    if module == "sumo" and os.environ.get("SUMO_HOME"):
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def extra_installed(extra: str) -> bool:
+    """Whether the ``heron-rl[extra]`` packages can be imported, without importing them."""
+    return all(any(_importable(m) for m in group) for group in EXTRA_MODULES.get(extra, ()))
 
 
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:

@@ -3,7 +3,7 @@
 :class:`TrafficEnv` controls every traffic light of a SUMO network. It has one slot per
 intersection: the observation is an ``(n_lights, obs_dim)`` array, the action one green phase per
 light, and ``num_slots`` tells heron to train one shared policy on all intersections (see
-:class:`heron.slots.SlotVecEnv`). Control, observation and reward follow sumo-rl's TrafficSignal:
+:class:`heron.sb3.vec_env.SlotVecEnv`). Control, observation and reward follow sumo-rl's TrafficSignal:
 
 - a light's action picks its next green phase (an action at or above the light's own number of
   green phases wraps around, modulo); switching shows ``yellow_time`` seconds of yellow first and

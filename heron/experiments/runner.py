@@ -1,6 +1,6 @@
 """``heron compare``: every (method, seed) run of one config, locally or on Ray, resumable.
 
-Runs sit on top of :func:`heron.training.run_config` and :func:`heron.training.resume`: each run
+Runs sit on top of :func:`heron.sb3.run.run_config` and :func:`heron.sb3.run.resume`: each run
 has its own run directory, so a killed sweep loses only the work since each run's last checkpoint.
 """
 
@@ -18,8 +18,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from heron import report
-from heron.config import METHODS, read_yaml, validate
+from heron import checkpoints, report
+from heron.config import METHODS, load_sweep, validate
 from heron.envs import REGISTRY
 from heron.errors import ConfigError
 from heron.experiments.summary import summarize, write_summary
@@ -46,21 +46,6 @@ class Outcome:
     seed: int
     status: str
     message: str = ""
-
-
-def load_sweep(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], float | None]:
-    """A compare config: a run config plus optional ``variants`` ({name: overrides}) and ``threshold``."""
-    data = read_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings")
-    variants = data.pop("variants", None) or {}
-    threshold = data.pop("threshold", None)
-    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
-        raise ConfigError(f"{path}: variants must map names to setting overrides")
-    if threshold is not None and not isinstance(threshold, int | float):
-        raise ConfigError(f"{path}: threshold must be a number")
-    validate(data, str(path))
-    return data, variants, None if threshold is None else float(threshold)
 
 
 def resolve_method(base: dict[str, Any], name: str, variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -127,15 +112,12 @@ def plan(
 
 def run_job(job: Job) -> Outcome:
     """Train, resume or skip one job; failures are reported, never raised."""
-    import torch
+    from heron.sb3.run import resume, run_config
 
-    from heron.training import resume, run_config
-
-    torch.set_num_threads(1)
-    state_file = job.run_dir / "checkpoints" / "state.json"
     try:
-        if state_file.exists():
-            if json.loads(state_file.read_text()).get("complete"):
+        found = checkpoints.latest(job.run_dir)
+        if found is not None:
+            if found.state.get("complete"):
                 return Outcome(job.method, job.seed, "skipped")
             resume(job.run_dir)
         else:

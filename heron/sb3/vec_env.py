@@ -1,4 +1,9 @@
-"""One shared policy for an env made of slots (intersections, agents, ...): each slot is a VecEnv index.
+"""VecEnvs heron puts between SB3 and the env: the reward swap, and the slot VecEnv.
+
+:class:`RewardSwap` decides what reward the agent sees (the env's, a weighted sum of the factors,
+or the learned reward written into the agent's buffer later) and keeps each step's factors.
+
+One shared policy for an env made of slots (intersections, agents, ...): each slot is a VecEnv index.
 
 An env with slots has an int attribute ``num_slots`` (n), observations with a leading axis of n
 rows, an action space with one entry per slot (``MultiDiscrete`` of n equal sizes, or a ``Box``
@@ -17,10 +22,49 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.env_util import is_wrapped
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
 from heron.errors import ConfigError
+from heron.factors import read_factors
+
+
+class RewardSwap(VecEnvWrapper):
+    """Reads each step's factors and decides what reward the agent sees.
+
+    ``mode="env"``: the env's own reward; ``"weights"``: a fixed weighted sum of the factors;
+    ``"deferred"``: 0 now, the learned reward is written into the agent's buffer later (one batched
+    reward-model call per rollout instead of one per step). The env's reward stays in
+    ``info["env_reward"]`` and in the Monitor's episode statistics; :attr:`factors` holds the last
+    step's factors, (n_envs, K) in the ranking's order.
+
+    :param venv: the VecEnv to wrap.
+    :param factor_names: the factors to read from each step's ``info["factors"]``, in order.
+    :param mode: ``env``, ``weights`` or ``deferred``.
+    :param weights: signed weights per factor (``weights`` mode).
+    """
+
+    def __init__(self, venv: VecEnv, factor_names: list[str], mode: str, weights: np.ndarray | None = None):
+        super().__init__(venv)
+        self.factor_names = factor_names
+        self.mode = mode
+        self.weights = weights
+        self.factors = np.zeros((venv.num_envs, len(factor_names)), dtype=np.float32)
+
+    def reset(self) -> Any:
+        return self.venv.reset()
+
+    def step_wait(self) -> Any:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        self.factors = np.array([read_factors(info, self.factor_names) for info in infos], dtype=np.float32)
+        for info, r in zip(infos, rewards, strict=True):
+            info["env_reward"] = float(r)
+        if self.mode == "weights":
+            assert self.weights is not None
+            rewards = (self.factors @ self.weights).astype(np.float32)
+        elif self.mode == "deferred":
+            rewards = np.zeros_like(rewards)
+        return obs, rewards, dones, infos
 
 
 def slot_count(env: gym.Env) -> int | None:
