@@ -37,7 +37,8 @@ import torch
 
 import heron
 from heron.config import read_yaml
-from heron.training import HeronCallback
+from heron.loop import HeronLoop
+from heron.sb3.buffers import OffPolicyAdapter, OnPolicyAdapter
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -84,38 +85,50 @@ def timed(case: Case, method: str, seed: int) -> tuple[float, float, float]:
     return time.perf_counter() - start, float(result.metrics[-1]["wall_clock_s"]), result.final_return
 
 
-HERON_STEPS = ("_refit", "_relabel_rollout", "_relabel_replay", "_record", "_stage", "_record_rollout")
+# heron's own work: the loop's refit, and what the SB3 adapters do each step and at each rollout end.
+HERON_STEPS = (
+    (HeronLoop, "refit"),
+    (OnPolicyAdapter, "on_step"),
+    (OnPolicyAdapter, "on_rollout_end"),
+    (OnPolicyAdapter, "deliver"),
+    (OffPolicyAdapter, "on_step"),
+    (OffPolicyAdapter, "deliver"),
+)
+
+
+def _label(owner: type, name: str) -> str:
+    return f"{'off-policy ' if owner is OffPolicyAdapter else ''}{name}"
 
 
 @contextmanager
 def timed_callback_steps() -> Iterator[Counter[str]]:
-    """Seconds spent in each of HeronCallback's reward-learning steps while the block runs."""
+    """Seconds spent in each of heron's reward-learning steps while the block runs."""
     spent: Counter[str] = Counter()
-    originals = {name: getattr(HeronCallback, name) for name in HERON_STEPS}
+    originals = {(owner, name): getattr(owner, name) for owner, name in HERON_STEPS}
 
-    def timer(name: str, fn: Callable[..., object]) -> Callable[..., object]:
-        def run(self: HeronCallback, *args: object, **kwargs: object) -> object:
+    def timer(label: str, fn: Callable[..., object]) -> Callable[..., object]:
+        def run(self: object, *args: object, **kwargs: object) -> object:
             start = time.perf_counter()
             try:
                 return fn(self, *args, **kwargs)
             finally:
-                spent[name] += time.perf_counter() - start
+                spent[label] += time.perf_counter() - start
 
         return run
 
-    for name, fn in originals.items():
-        setattr(HeronCallback, name, timer(name, fn))
+    for (owner, name), fn in originals.items():
+        setattr(owner, name, timer(_label(owner, name), fn))
     try:
         yield spent
     finally:
-        for name, fn in originals.items():
-            setattr(HeronCallback, name, fn)
+        for (owner, name), fn in originals.items():
+            setattr(owner, name, fn)
 
 
 def breakdown(case: Case, seed: int) -> None:
     with timed_callback_steps() as spent:
         whole, _, _ = timed(case, "heron", seed)
-    steps = ", ".join(f"{name.lstrip('_')} {spent[name]:.2f}" for name in HERON_STEPS if spent[name])
+    steps = ", ".join(f"{label} {seconds:.2f}" for label, seconds in spent.items() if seconds)
     total = sum(spent.values())
     print(f"{case.name}: heron's own steps {total:.1f} s of {whole:.1f} s ({total / whole:.1%}): {steps}")
 

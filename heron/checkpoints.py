@@ -116,7 +116,7 @@ def latest(run_dir: Path) -> Checkpoint | None:
 def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Arrays as an ``.npz`` (no pickled objects)."""
     with path.open("wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **dict(arrays))  # type: ignore[arg-type]
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:

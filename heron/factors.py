@@ -151,9 +151,10 @@ def probe_factor_names(env: gym.Env, seed: int = 0, where: str = "env") -> list[
     env.reset(seed=seed)
     env.action_space.seed(seed)
     _, reward, *_, info = env.step(env.action_space.sample())
-    if np.ndim(reward) != 0:
+    shape = np.shape(np.asarray(reward))
+    if shape != ():
         raise ConfigError(
-            f"{where} returns a step reward of shape {np.shape(reward)}: heron needs a scalar env reward"
+            f"{where} returns a step reward of shape {shape}: heron needs a scalar env reward"
             " (wrap a vector-reward env so that info['factors'] names each component and the reward is one number)"
         )
     reported = info.get("factors")

@@ -16,6 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 import heron.envs
+from heron import checkpoints
 from heron.cli import app
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -95,7 +96,7 @@ def test_train_writes_run_directory(tmp_path: Path) -> None:
         "learning_curve.png",
         "policy.zip",
         "reward_model.safetensors",
-        "checkpoints/state.json",
+        "checkpoints/LATEST",
     ):
         assert (out / name).exists(), name
     assert "final ground-truth return" in result.stdout
@@ -208,17 +209,17 @@ def test_resume_after_kill(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    state_file = out / "checkpoints" / "state.json"
+    pointer = out / "checkpoints" / "LATEST"
     deadline = time.monotonic() + 120
-    while not state_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not pointer.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    state = json.loads(state_file.read_text())
+    state = checkpoints.latest(out).state
     assert not state["complete"] and state["num_timesteps"] < 6144
     result = runner.invoke(app, ["train", "--resume", str(out), "--no-progress"])
     assert result.exit_code == 0, result.stderr
-    final = json.loads(state_file.read_text())
+    final = checkpoints.latest(out).state
     assert final["complete"] and final["num_timesteps"] == 6144
     lines = (out / "metrics.csv").read_text().splitlines()[1:]
     steps = [int(line.split(",")[0]) for line in lines]

@@ -122,7 +122,9 @@ def test_factors_as_a_dict_and_bad_inputs() -> None:
     obs = np.zeros((4, 2, 3), np.float32)
     action = np.zeros((4, 2), np.int64)
     dones = np.zeros((4, 2), bool)
-    loop.observe(obs=obs, action=action, factors={"primary": np.ones((4, 2)), "secondary": np.zeros((4, 2))}, dones=dones)
+    loop.observe(
+        obs=obs, action=action, factors={"primary": np.ones((4, 2)), "secondary": np.zeros((4, 2))}, dones=dones
+    )
     assert loop.steps == 8 and loop.pool.fields["factors"][:4, :, 0].tolist() == [[1, 1]] * 4
     assert loop.reward(obs=obs, action=action).shape == (4, 2)
     bad = [
@@ -138,7 +140,7 @@ def test_factors_as_a_dict_and_bad_inputs() -> None:
             loop.observe(**{**good, **change})
     with pytest.raises(heron.ConfigError, match="method: the loop learns"):
         heron.HeronLoop(HIERARCHY, spaces.Discrete(2), spaces.Discrete(3), method="ground-truth")
-    with pytest.raises(heron.ConfigError, match="comparison.unit"):
+    with pytest.raises(heron.ConfigError, match=r"comparison\.unit"):
         heron.HeronLoop(HIERARCHY, spaces.Discrete(2), spaces.Discrete(3), comparison={"unit": "decade"})
     with pytest.raises(heron.ConfigError, match="observation space: MultiBinary"):
         heron.HeronLoop(HIERARCHY, spaces.MultiBinary(2), spaces.Discrete(3))

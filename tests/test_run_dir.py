@@ -94,10 +94,10 @@ def test_edited_or_damaged_checkpoints_end_in_one_line(tmp_path: Path) -> None:
     with (ckpt / "loop.pt").open("r+b") as f:
         f.seek(100)
         f.write(b"\x00" * 16)
-    with pytest.raises(heron.ConfigError, match="loop.pt does not match its checksum"):
+    with pytest.raises(heron.ConfigError, match=r"loop\.pt does not match its checksum"):
         heron.resume(out)
     (out / "checkpoints" / "LATEST").write_text('{"name": "ckpt-999999"}')
-    with pytest.raises(heron.ConfigError, match="state.json is missing or damaged"):
+    with pytest.raises(heron.ConfigError, match=r"state\.json is missing or damaged"):
         heron.resume(out)
 
 

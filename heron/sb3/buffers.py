@@ -27,7 +27,7 @@ def _terminals(local: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
 
 def _shaped(space: spaces.Space, x: np.ndarray, lead: tuple[int, ...]) -> np.ndarray:
     """Buffer contents as values of the space with leading axes ``lead`` (SB3 stores a Discrete as (..., 1))."""
-    return np.asarray(x).reshape(*lead, *space.shape)
+    return np.asarray(x).reshape(*lead, *(space.shape or ()))
 
 
 class OnPolicyAdapter:

@@ -59,7 +59,7 @@ def load_algorithm(model: BaseAlgorithm, path: Path, counters: dict[str, Any]) -
             raise ConfigError(f"{path.parent}: counter {name!r} is not a known number")
         if name != "exploration_rate" and (value < 0 or value != int(value)):
             raise ConfigError(f"{path.parent}: counter {name} must be a whole number >= 0, got {value}")
-        setattr(model, name, type(getattr(model, name, value))(value))
+        setattr(model, name, float(value) if name == "exploration_rate" else int(value))
 
 
 def save_replay(model: BaseAlgorithm, path: Path, extra: dict[str, np.ndarray] | None = None) -> None:
