@@ -120,58 +120,66 @@ def test_on_policy_rollout_uses_learned_reward(algorithm: str) -> None:
     np.testing.assert_allclose(buffer.rewards[plain, 0], expected[plain], rtol=1e-4, atol=1e-4)
 
 
-def test_dqn_and_flat_preference_run() -> None:
+def test_flat_preference_learns_what_its_weighted_sum_teacher_prefers() -> None:
+    """Pairs labeled by equal weights lead to the heavier action 2, where the ranking leads to (0, 1)."""
+    result = heron.train(
+        BANDIT,
+        BANDIT_HIERARCHY,
+        method="flat-preference",
+        total_timesteps=6144,
+        seed=1,
+        algorithm_kwargs=BANDIT_PPO,
+        eval={"every": 2048, "episodes": 20},
+    )
+    assert greedy_actions(result.model) == [2, 2]
+    assert result.final_return == pytest.approx(0.8)
+    last = result.metrics[-1]
+    assert last["pairs_labeled"] > 0 and "decided/primary" not in last  # a weighted sum has no levels
+
+
+def test_dqn_replay_buffer_relabeled_with_one_hot_actions() -> None:
+    """DQN's replay rows (Discrete actions stored as (n, 1) integers) carry the current model's reward."""
     result = heron.train(
         BANDIT,
         BANDIT_HIERARCHY,
         algorithm="dqn",
-        method="flat-preference",
         total_timesteps=600,
         seed=0,
         algorithm_kwargs={"learning_starts": 100, "buffer_size": 1000},
         comparison={"update_every": 200, "pairs": 256},
         eval={"episodes": 2},
     )
-    assert result.reward_model is not None
-    assert result.metrics[-1]["step"] == 600
-
-
-def test_ground_truth_sees_env_reward_and_weighted_sum_sees_weights() -> None:
-    gt = heron.train(
-        BANDIT,
-        BANDIT_HIERARCHY,
-        method="ground-truth",
-        total_timesteps=3072,
-        seed=0,
-        algorithm_kwargs=BANDIT_PPO,
-        eval={"episodes": 20},
-    )
-    assert greedy_actions(gt.model) == list(LEX_OPTIMUM) or gt.final_return >= 0.8
-    ws = heron.train(
-        BANDIT,
-        BANDIT_HIERARCHY,
-        method="weighted-sum",
-        weights={"secondary": 0.0},
-        total_timesteps=3072,
-        seed=0,
-        algorithm_kwargs=BANDIT_PPO,
-        eval={"episodes": 20},
-    )
-    assert greedy_actions(ws.model) == list(LEX_OPTIMUM)
+    buffer = result.model.replay_buffer
+    expected = result.reward_model.reward(obs=buffer.observations[:600, 0], action=buffer.actions[:600, 0, 0])
+    np.testing.assert_allclose(buffer.rewards[:600, 0], expected, rtol=1e-5, atol=1e-5)
+    assert result.metrics[-1]["step"] == 600 and result.loop.last_refit == 500  # refits at 100, 300, 500
 
 
 @pytest.mark.parametrize("unit", ["segment", "episode"])
 def test_segment_and_episode_units(unit: str) -> None:
+    """Pairs are whole 20-step segments or whole 200-step episodes, and the model orders them as labeled."""
     result = heron.train(
         "heron/Pendulum-v1",
         total_timesteps=1024,
         seed=0,
         algorithm_kwargs={"n_steps": 512, "batch_size": 64},
-        comparison={"unit": unit, "segment_length": 20, "aggregate": "mean", "pairs": 128, "pool_steps": 1024},
-        reward_model={"hidden": [32]},
+        comparison={"unit": unit, "segment_length": 20, "aggregate": "mean", "pairs": 512, "pool_steps": 1024},
+        reward_model={"hidden": [32], "epochs": 10},
         eval={"episodes": 1},
     )
+    loop = result.loop
+    index = loop.pool.units(unit, 20)
+    # Pendulum episodes are 200 steps: 5 complete ones in 1,024 steps; segments never cross an episode end.
+    assert index.shape == ((5, 200) if unit == "episode" else (1024 - 20 + 1 - 5 * 19, 20)) and (index >= 0).all()
     assert result.metrics[-1]["pairs_labeled"] > 0
+    factors = loop.pool.flat("factors").astype(np.float64)
+    z = factors[index].mean(axis=1)
+    rows = loop.encoding.rows({k: loop.pool.flat(k) for k in loop.encoding.inputs})
+    scores = result.reward_model.score(torch.from_numpy(rows)).numpy()[index].sum(axis=1)
+    a, b = np.triu_indices(len(index), 1)
+    labels = loop.hierarchy.compare(z[a], z[b])
+    agree = np.sign(scores[a] - scores[b])[labels != 0] == labels[labels != 0]
+    assert agree.mean() > 0.7  # every pair of units in the pool, most never labeled (chance: 0.5)
 
 
 def test_env_object_and_callable_accepted() -> None:
@@ -329,3 +337,41 @@ def test_pool_keeps_only_what_the_reward_model_reads() -> None:
     feats = Encoding.from_spaces(box, gym.spaces.Discrete(4), ["a", "b"], ("obs", "action"))
     assert feats.stored == {"obs": 3, "action": 4, "factors": 2}
     assert Encoding.from_spaces(box, box, ["a", "b"], ("next_obs",)).stored == {"next_obs": 3, "factors": 2}
+
+
+class VectorReward(ContextualBandit):
+    """The bandit with a vector reward, as multi-objective envs return it."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, np.array([reward, 0.0]), terminated, truncated, info
+
+
+def test_env_problems_are_named_at_the_probe_step() -> None:
+    with pytest.raises(heron.ConfigError, match=r"env VectorReward returns a step reward of shape \(2,\)"):
+        heron.train(VectorReward, BANDIT_HIERARCHY, total_timesteps=64)
+    with pytest.raises(heron.ConfigError, match="factor 'nope' is not reported by env ContextualBandit"):
+        heron.train(lambda: ContextualBandit(), ["nope"], total_timesteps=64)  # named by what it makes
+    with pytest.raises(heron.ConfigError, match=r"^sac does not support the env's space Discrete\(3\)"):
+        heron.train(BANDIT, BANDIT_HIERARCHY, algorithm="sac", total_timesteps=64)
+
+
+def test_tensorboard_and_metrics_agree_on_every_evaluation(tmp_path) -> None:
+    """Each evaluation is in TensorBoard at its own step with the metrics.csv value, the last one included."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = _pendulum("ppo", out=tmp_path / "run")
+    events = EventAccumulator(str(next((tmp_path / "run" / "tb").iterdir())))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("eval/return_mean")]
+    expected = [(int(m["step"]), m["return_mean"]) for m in result.metrics]
+    assert [s for s, _ in logged] == [s for s, _ in expected] == [400, 800, 1024]
+    np.testing.assert_allclose([v for _, v in logged], [v for _, v in expected], rtol=1e-6)
+
+
+def test_progress_prints_lines_when_not_a_terminal(capsys) -> None:
+    result = heron.train(
+        BANDIT, BANDIT_HIERARCHY, total_timesteps=512, algorithm_kwargs=BANDIT_PPO, eval={"episodes": 2}, progress=True
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == f"training 512/512 steps (100%), {lines[-1].split(', ')[1]}, return {result.final_return:.1f}"
