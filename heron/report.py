@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from heron.errors import ConfigError
+
 Curves = Mapping[str, Sequence[Sequence[Mapping[str, float]]]]
 """method -> one metrics table (list of rows) per seed."""
 
@@ -63,8 +65,12 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
     """The metrics table as a list of rows of floats (NaN for empty cells)."""
     if not path.exists():
         return []
-    with path.open(newline="") as f:
-        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in rows]
+    except (ValueError, TypeError, UnicodeDecodeError, csv.Error):
+        raise ConfigError(f"{path}: is not a table of numbers (damaged or edited)") from None
 
 
 def plot_learning_curves(curves: Curves, path: Path, title: str) -> None:

@@ -115,18 +115,18 @@ def test_reward_is_the_normalized_ensemble_mean():
     model = RewardModel(4, hidden=(16, 16), ensemble=2)
     x = torch.randn(500, 4) * 3 + 1
     model.refresh_normalization(x)
-    reward = model.reward(x)
+    reward = model.score(x)
     assert reward.shape == (500,)
     assert abs(float(reward.mean())) < 1e-4
     assert float(reward.std()) == pytest.approx(1.0, abs=2e-3)  # either std convention
     raw = model(x).mean(0)
     torch.testing.assert_close(reward, (raw - raw.mean()) / raw.std(), rtol=2e-3, atol=2e-3)
     # Chunking does not change the result; other data gets the same affine map.
-    torch.testing.assert_close(model.reward(x, chunk=37), reward)
+    torch.testing.assert_close(model.score(x, chunk=37), reward)
     y = torch.randn(20, 4)
     expected = (model(y).mean(0) - raw.mean()) / raw.std()
-    torch.testing.assert_close(model.reward(y), expected, rtol=2e-3, atol=2e-3)
-    assert model.reward(torch.zeros(0, 4)).shape == (0,)
+    torch.testing.assert_close(model.score(y), expected, rtol=2e-3, atol=2e-3)
+    assert model.score(torch.zeros(0, 4)).shape == (0,)
 
 
 @pytest.mark.parametrize(("offset", "scale"), [("mean", 0.1), ("high", 0.1), ("low", 3.0)])
@@ -134,11 +134,11 @@ def test_scale_sets_the_std_of_the_normalized_reward(offset, scale):
     model = RewardModel(4, hidden=(16,), offset=offset, scale=scale)
     x = torch.randn(2000, 4)
     model.refresh_normalization(x)
-    reward = model.reward(x)
+    reward = model.score(x)
     assert float(reward.std()) == pytest.approx(scale, rel=2e-3)
     unscaled = RewardModel(4, hidden=(16,), offset=offset)
     unscaled.load_state_dict(model.state_dict())
-    torch.testing.assert_close(reward, unscaled.reward(x) * scale)
+    torch.testing.assert_close(reward, unscaled.score(x) * scale)
     quantile = {"mean": None, "high": 0.99, "low": 0.01}[offset]
     if quantile is not None:  # the offset's quantile still maps to 0
         assert float(torch.quantile(reward, quantile)) == pytest.approx(0.0, abs=1e-5)
@@ -148,19 +148,19 @@ def test_refresh_normalization_after_training_and_without_normalize():
     model = RewardModel(2, hidden=(8,), normalize=False)
     x = torch.randn(100, 2)
     model.refresh_normalization(x)
-    torch.testing.assert_close(model.reward(x), model(x).mean(0))
+    torch.testing.assert_close(model.score(x), model(x).mean(0))
     single = RewardModel(2, hidden=(8,))
     single.refresh_normalization(x[:1])
-    assert torch.isfinite(single.reward(x)).all()
+    assert torch.isfinite(single.score(x)).all()
 
 
 def test_refresh_normalization_on_no_data_keeps_the_statistics():
     model = RewardModel(2, hidden=(8,))
     x = torch.randn(100, 2)
     model.refresh_normalization(x)
-    before = model.reward(x)
+    before = model.score(x)
     model.refresh_normalization(torch.zeros(0, 2))
-    torch.testing.assert_close(model.reward(x), before)
+    torch.testing.assert_close(model.score(x), before)
 
 
 def trained_model():
@@ -192,7 +192,7 @@ def test_save_load_round_trip(tmp_path):
 
     loaded = RewardModel.load(path)
     assert isinstance(loaded, RewardModel) and loaded.config == model.config
-    assert torch.equal(loaded.reward(rows), model.reward(rows))
+    assert torch.equal(loaded.score(rows), model.score(rows))
     assert torch.equal(loaded(rows), model(rows))
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
@@ -308,7 +308,7 @@ def test_offset_sets_where_the_reward_is_zero(offset, share_positive):
     model = RewardModel(2, hidden=(8,), offset=offset)
     x = torch.randn(20_000, 2)
     model.refresh_normalization(x)
-    reward = model.reward(x)
+    reward = model.score(x)
     assert float(reward.std()) == pytest.approx(1.0, rel=1e-3)
     if share_positive is None:
         assert abs(float(reward.mean())) < 1e-4

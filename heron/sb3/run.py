@@ -29,7 +29,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from heron import checkpoints, report
-from heron.config import RunConfig, from_hierarchy, to_hierarchy, validate
+from heron.config import RunConfig, from_hierarchy, read_yaml, to_hierarchy, validate
 from heron.envs import REGISTRY, make_env
 from heron.errors import ConfigError
 from heron.factors import env_name, probe_factor_names
@@ -208,13 +208,15 @@ class Run:
 
     def _algorithm(self) -> BaseAlgorithm:
         cfg, run_dir = self.cfg, self.run_dir
-        tensorboard = str(run_dir / "tb") if run_dir is not None else None
-        algorithm = ALGORITHMS[cfg.algorithm]
+        settings: dict[str, Any] = {"seed": cfg.seed, "verbose": 0, "device": "cpu", "tensorboard_log": None}
+        if run_dir is not None:
+            settings["tensorboard_log"] = str(run_dir / "tb")
+        reserved = sorted(set(settings) & set(cfg.algorithm_kwargs))
+        if reserved:
+            raise ConfigError(f"algorithm_kwargs.{reserved[0]}: set by heron, not by the algorithm's settings")
+        settings |= cfg.algorithm_kwargs
         try:
-            return algorithm(
-                "MlpPolicy", self.swap, seed=cfg.seed, verbose=0, device="cpu", tensorboard_log=tensorboard,
-                **cfg.algorithm_kwargs,
-            )  # fmt: skip
+            return ALGORITHMS[cfg.algorithm]("MlpPolicy", self.swap, **settings)
         except (TypeError, ValueError, AssertionError) as err:
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if "as action spaces" in message or "observation space" in message.lower():
@@ -336,8 +338,6 @@ def resume(run_dir: str | Path, progress: bool = False) -> TrainResult:
     config_file = run_dir / "config.yaml"
     if not config_file.exists():
         raise ConfigError(f"resume: {run_dir} holds no config.yaml")
-    from heron.config import read_yaml
-
     cfg = validate(read_yaml(config_file), str(config_file))
     ckpt = checkpoints.latest(run_dir)
     if ckpt is None:
