@@ -38,6 +38,7 @@ import torch
 import heron
 from heron.config import read_yaml
 from heron.loop import HeronLoop
+from heron.sb3 import run
 from heron.sb3.buffers import OffPolicyAdapter, OnPolicyAdapter
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -139,8 +140,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=[c.name for c in CASES], action="append", help="run these cases only")
     parser.add_argument("--breakdown", action="store_true", help="also time heron's own steps inside one run")
+    parser.add_argument("--threads", type=int, help="torch threads inside each run (default: heron's own choice)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; repeats {args.repeats}, seed {args.seed}")
+    if args.threads:
+        run.TORCH_THREADS = args.threads
+    print(
+        f"torch {torch.__version__}, {run.TORCH_THREADS} threads in training; repeats {args.repeats}, seed {args.seed}"
+    )
     print(f"{'case':<16} {'steps':>6} {'method':<12} {'best s':>7} {'train s':>7} {'all runs s':<14} {'return':>8}")
     methods = ("ground-truth", "heron")
     for case in CASES:
