@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from heron.errors import ConfigError
 from heron.hierarchy import Factor, Hierarchy
 
+FLOAT32_MAX = 3.4028234663852886e38  # weights are applied in float32
 ALGORITHMS = ("ppo", "a2c", "sac", "td3", "ddpg", "dqn")
 METHODS = ("heron", "ground-truth", "weighted-sum", "flat-preference")
 Input = Literal["obs", "action", "next_obs", "factors"]
@@ -54,15 +56,15 @@ class RewardModelConfig(_Strict):
     """
 
     inputs: tuple[Input, ...] = ("obs", "action")
-    hidden: tuple[int, ...] = (256, 256)
-    ensemble: int = Field(1, ge=1)
+    hidden: tuple[Annotated[int, Field(strict=True)], ...] = (256, 256)
+    ensemble: int = Field(1, ge=1, strict=True)
     normalize: bool = True
     offset: Literal["mean", "low", "high"] = "mean"
-    scale: float = Field(1.0, gt=0, allow_inf_nan=False)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    epochs: int = Field(2, ge=1)
-    batch_size: int = Field(256, ge=1)
+    scale: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False)
+    lr: float = Field(1e-3, gt=0, le=1.0, allow_inf_nan=False)
+    weight_decay: float = Field(1e-4, ge=0, le=1.0, allow_inf_nan=False)
+    epochs: int = Field(2, ge=1, strict=True)
+    batch_size: int = Field(256, ge=1, strict=True)
 
     @field_validator("inputs")
     @classmethod
@@ -101,14 +103,14 @@ class ComparisonConfig(_Strict):
     """
 
     unit: Literal["transition", "segment", "episode"] = "transition"
-    segment_length: int = Field(25, ge=1)
+    segment_length: int = Field(25, ge=1, strict=True)
     aggregate: Literal["sum", "mean", "min", "max", "last"] = "sum"
-    pairs: int = Field(4096, ge=1)
-    units_per_batch: int = Field(64, ge=0)
-    pool_steps: int = Field(0, ge=0)
-    update_every: int = Field(0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    teacher_noise: float = Field(0.0, ge=0.0, le=0.5)
+    pairs: int = Field(4096, ge=1, strict=True)
+    units_per_batch: int = Field(64, ge=0, strict=True)
+    pool_steps: int = Field(0, ge=0, strict=True)
+    update_every: int = Field(0, ge=0, strict=True)
+    warmup_steps: int = Field(0, ge=0, strict=True)
+    teacher_noise: float = Field(0.0, ge=0.0, le=0.5, allow_inf_nan=False)
 
 
 class EvalConfig(_Strict):
@@ -118,8 +120,8 @@ class EvalConfig(_Strict):
     :param episodes: episodes per evaluation (deterministic policy).
     """
 
-    every: int = Field(0, ge=0)
-    episodes: int = Field(5, ge=1)
+    every: int = Field(0, ge=0, strict=True)
+    episodes: int = Field(5, ge=1, strict=True)
 
 
 class RunConfig(_Strict):
@@ -128,16 +130,16 @@ class RunConfig(_Strict):
     env: str
     algorithm: str = "ppo"
     method: str = "heron"
-    total_timesteps: int = Field(50_000, gt=0)
-    seed: int = 0
-    n_envs: int = Field(1, ge=1)
+    total_timesteps: int = Field(50_000, gt=0, strict=True)
+    seed: int = Field(0, ge=0, lt=2**32, strict=True)
+    n_envs: int = Field(1, ge=1, strict=True)
     hierarchy: tuple[FactorConfig, ...] | None = None
     weights: dict[str, float] | None = None
     reward_model: RewardModelConfig = RewardModelConfig()
     comparison: ComparisonConfig = ComparisonConfig()
     eval: EvalConfig = EvalConfig()
     algorithm_kwargs: dict[str, Any] = Field(default_factory=dict)
-    checkpoint_every: int = Field(0, ge=0)
+    checkpoint_every: int = Field(0, ge=0, strict=True)
     env_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("algorithm")
@@ -157,8 +159,8 @@ class RunConfig(_Strict):
     @field_validator("weights")
     @classmethod
     def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        if v is not None and any(w != w or abs(w) == float("inf") for w in v.values()):
-            raise ValueError("weights must be finite")
+        if v is not None and not all(math.isfinite(w) and abs(w) <= FLOAT32_MAX for w in v.values()):
+            raise ValueError(f"weights must be finite numbers of at most {FLOAT32_MAX:.3g} in size (float32)")
         return v
 
     @model_validator(mode="after")

@@ -211,6 +211,17 @@ def test_missing_factor_mid_run_raises() -> None:
         ({"comparison": {"unit": "decade"}}, "comparison.unit"),
         ({"reward_model": {"inputs": []}}, "reward_model.inputs"),
         ({"algorithm_kwargs": {"n_stepz": 3}}, "algorithm_kwargs"),
+        ({"algorithm_kwargs": {"seed": 3}}, r"algorithm_kwargs\.seed: set by heron"),
+        # Values that used to validate and fail minutes into training, or silently mean something else.
+        ({"total_timesteps": True}, "total_timesteps: Input should be a valid integer"),
+        ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
+        ({"seed": 2**64}, "seed: Input should be less than 4294967296"),
+        ({"reward_model": {"lr": float("inf")}}, r"reward_model\.lr: Input should be a finite number"),
+        ({"reward_model": {"lr": 1e10}}, r"reward_model\.lr: Input should be less than or equal to 1"),
+        ({"reward_model": {"weight_decay": float("inf")}}, r"reward_model\.weight_decay: Input should be a finite"),
+        ({"reward_model": {"hidden": [64, True]}}, r"reward_model\.hidden\.1: Input should be a valid integer"),
+        ({"comparison": {"pairs": 4096.0}}, r"comparison\.pairs: Input should be a valid integer"),
+        ({"weights": {"angle": 1e300}}, "weights: weights must be finite numbers of at most 3.4e"),
     ],
 )
 def test_bad_arguments_raise_config_error(kwargs: dict, match: str) -> None:
