@@ -1,6 +1,6 @@
 """An SB3 algorithm's training state as tensors and arrays, never as pickles.
 
-SB3's own ``save``/``load`` keep cloudpickled attributes in ``policy.zip`` and pickle the replay
+SB3's own ``save``/``load`` keep pickled attributes in ``policy.zip`` and pickle the replay
 buffer: loading them can run code. Here the algorithm is always rebuilt from the validated config
 and only its numbers are restored: module and optimizer state dicts and extra tensors
 (``torch.load(weights_only=True)``), a few counters (JSON), and the replay buffer's arrays
