@@ -127,8 +127,8 @@ class Encoding:
             missing = [n for n in self.factors if n not in factors]
             if missing:
                 raise ConfigError(f"factors: {missing[0]!r} is missing (expected {', '.join(self.factors)})")
-            return np.stack([np.asarray(factors[n], dtype=np.float64) for n in self.factors], axis=-1)
-        return np.asarray(factors, dtype=np.float64)
+            return np.stack([np.asarray(factors[n], dtype=np.float32) for n in self.factors], axis=-1)
+        return np.asarray(factors, dtype=np.float32)  # the dtype rows are stored in: no second copy
 
     def encode(self, fields: Mapping[str, Any], names: Sequence[str]) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
         """The named fields as (N, width) float32 rows, and the leading shape shared by all of them."""

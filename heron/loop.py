@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from heron.config import ComparisonConfig, RewardModelConfig, to_hierarchy, validate_section
+from heron.config import ComparisonConfig, RewardModelConfig, RunConfig, to_hierarchy, validate_section
 from heron.errors import ConfigError
 from heron.features import Encoding
 from heron.hierarchy import Factor, Hierarchy, finite_std
@@ -230,8 +230,10 @@ class HeronLoop:
         self.diagnostics = {str(k): float(v) for k, v in dict(state["diagnostics"]).items()}
 
 
-def loop_from_config(config: Any, observation_space: Any, action_space: Any, n_envs: int) -> HeronLoop:
-    """The loop of a validated :class:`heron.config.RunConfig` whose hierarchy is set."""
+def loop_from_config(config: RunConfig, observation_space: Any, action_space: Any, n_envs: int) -> HeronLoop:
+    """The loop of a resolved :class:`heron.config.RunConfig` (its hierarchy is set)."""
+    if config.hierarchy is None:
+        raise ConfigError("hierarchy: required to learn a reward (resolve the config first)")
     return HeronLoop(
         to_hierarchy(config.hierarchy),
         observation_space,
