@@ -2,7 +2,8 @@
 
 ``RUN_DIR/checkpoints/ckpt-NNNNNN/`` holds ``state.json`` (counters, settings and the SHA-256 of
 every other file of the set) beside the data files; ``RUN_DIR/checkpoints/LATEST`` names the set to
-resume from. A new set is written under a temporary name, renamed into place, and only then does
+resume from and holds the SHA-256 of its ``state.json``, so no byte of a set changes unnoticed.
+A new set is written under a temporary name, renamed into place, and only then does
 ``LATEST`` switch to it (one rename), so a kill at any moment leaves the previous set or the new
 one, never a mix. Loaders read JSON, safetensors, ``torch.load(weights_only=True)`` and ``.npz``
 with ``allow_pickle=False`` only: nothing in a run directory is unpickled.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable, Mapping
@@ -67,11 +69,17 @@ def write(run_dir: Path, files: Mapping[str, Callable[[Path], None]], state: Map
     for file_name, writer in files.items():
         writer(tmp / file_name)
     checksums = {file_name: _sha256(tmp / file_name) for file_name in files}
-    (tmp / STATE).write_text(json.dumps({**state, "files": checksums}))
+    state_text = json.dumps({**state, "files": checksums}, allow_nan=False)
+    (tmp / STATE).write_text(state_text)
+    for file_name in [*files, STATE]:
+        _sync(tmp / file_name)
+    _sync(tmp)
     tmp.rename(root / name)
     pointer = root / f".{LATEST}.tmp"
-    pointer.write_text(json.dumps({"name": name}))
-    pointer.replace(root / LATEST)
+    pointer.write_text(json.dumps({"name": name, "state_sha256": hashlib.sha256(state_text.encode()).hexdigest()}))
+    _sync(pointer)
+    os.replace(pointer, root / LATEST)
+    _sync(root)
     for old in root.iterdir():
         if old.name != name and (_NAME.match(old.name) or old.name.endswith(".tmp")):
             if old.is_dir():
@@ -79,6 +87,21 @@ def write(run_dir: Path, files: Mapping[str, Callable[[Path], None]], state: Map
             else:
                 old.unlink(missing_ok=True)
     return root / name
+
+
+def _sync(path: Path) -> None:
+    """Flush a file's bytes or a directory's entries to disk, where the platform allows it (so a
+    power cut, not only a kill, leaves a complete set or none)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def latest(run_dir: Path) -> Checkpoint | None:
@@ -91,16 +114,23 @@ def latest(run_dir: Path) -> Checkpoint | None:
         return None
     where = f"checkpoint of {run_dir}"
     try:
-        name = json.loads(pointer.read_text())["name"]
+        record = json.loads(pointer.read_text())
+        name, state_sha256 = record["name"], record["state_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(f"{where}: {pointer} is damaged") from None
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"{where}: {pointer} names no checkpoint set")
     path = run_dir / "checkpoints" / name
     try:
-        state = json.loads((path / STATE).read_text())
-    except (OSError, ValueError):
-        raise ConfigError(f"{where}: {path / STATE} is missing or damaged") from None
+        raw = (path / STATE).read_bytes()
+    except OSError:
+        raise ConfigError(f"{where}: {path / STATE} is missing") from None
+    if hashlib.sha256(raw).hexdigest() != state_sha256:
+        raise ConfigError(f"{where}: {path / STATE} does not match its checksum (damaged or edited)")
+    try:
+        state = json.loads(raw)
+    except ValueError:
+        raise ConfigError(f"{where}: {path / STATE} is damaged") from None
     files = state.get("files") if isinstance(state, dict) else None
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
         raise ConfigError(f"{where}: {path / STATE} lists no checksums")

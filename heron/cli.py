@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -20,7 +20,43 @@ if TYPE_CHECKING:
 # Only typer, rich's console and heron's errors load at import time (`heron --help` stays fast):
 # each command imports what it needs itself.
 
+# click's base error class, reached through typer's public BadParameter (typer vendors click).
+_CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineUsage(typer.core.TyperGroup):
+    """Errors of the command line itself (an unknown flag, ``--seed abc``, a missing argument) end
+    like every other bad input: exit code 2 and one line on stderr, instead of click's usage box."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        call: dict[str, Any] = {"args": args, "prog_name": prog_name, "complete_var": complete_var}
+        call |= {"standalone_mode": False, "windows_expand_args": windows_expand_args, **extra}
+        if not standalone_mode:
+            return super().main(**call)
+        try:
+            code = super().main(**call)
+        except _CLICK_ERROR as err:
+            message = " ".join(err.format_message().split())  # type: ignore[attr-defined]
+            ctx = getattr(err, "ctx", None)
+            where = ctx.command_path if ctx is not None else "heron"
+            print(f"error: {message} (see `{where} --help`)", file=sys.stderr)
+            sys.exit(2)
+        except typer.Abort:
+            print("aborted", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineUsage,
     help="heron-rl: train Stable-Baselines3 agents from a ranking of reward factors (HERON).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -231,6 +267,11 @@ def envs(
 def _print_wide(table: Table) -> None:
     """Print a table at least 120 columns wide, even when the output is not a terminal."""
     Console(width=max(console.width, 120)).print(table)
+
+
+from heron.lm.cli import lm_app  # noqa: E402  (its commands use the helpers above when they run)
+
+app.add_typer(lm_app, name="lm")
 
 
 def main() -> None:

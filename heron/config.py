@@ -16,6 +16,7 @@ from heron.hierarchy import Factor, Hierarchy
 FLOAT32_MAX = 3.4028234663852886e38  # weights are applied in float32
 ALGORITHMS = ("ppo", "a2c", "sac", "td3", "ddpg", "dqn")
 METHODS = ("heron", "ground-truth", "weighted-sum", "flat-preference")
+MAX_ENVS = 4096  # environments stepped one after another in one process (SB3's DummyVecEnv)
 Input = Literal["obs", "action", "next_obs", "factors"]
 
 
@@ -132,7 +133,7 @@ class RunConfig(_Strict):
     method: str = "heron"
     total_timesteps: int = Field(50_000, gt=0, strict=True)
     seed: int = Field(0, ge=0, lt=2**32, strict=True)
-    n_envs: int = Field(1, ge=1, strict=True)
+    n_envs: int = Field(1, ge=1, le=MAX_ENVS, strict=True)
     hierarchy: tuple[FactorConfig, ...] | None = None
     weights: dict[str, float] | None = None
     reward_model: RewardModelConfig = RewardModelConfig()
@@ -210,18 +211,85 @@ def validate_section(kind: type[S], data: S | Mapping[str, Any] | None, source: 
         raise ConfigError(f"{source}.{_first_error(err)}") from None
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is settings, not data
+MAX_YAML_VALUES = 100_000  # values a config may hold once its aliases are expanded
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only), refusing a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` merges; keys written beside it override the merged ones
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, list | dict):
+                continue  # an unhashable key: PyYAML's own error names it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found the key {key!r} twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, path: Path) -> int:
+    """Values the document holds with every alias expanded; a recursive alias is an error."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if id(n) in open_nodes:
+            raise ConfigError(f"{path}: invalid YAML at line {n.start_mark.line + 1}: an alias refers to itself")
+        open_nodes.add(id(n))
+        children: list[yaml.Node] = []
+        if isinstance(n, yaml.SequenceNode):
+            children = list(n.value)
+        elif isinstance(n, yaml.MappingNode):
+            children = [c for pair in n.value for c in pair]
+        total = 1 + sum(size(c) for c in children)
+        open_nodes.discard(id(n))
+        sizes[id(n)] = total
+        return total
+
+    return size(node)
+
+
 def read_yaml(path: str | Path) -> Any:
-    """The parsed contents of a YAML file; a :class:`ConfigError` when it cannot be read or parsed."""
+    """The parsed contents of a YAML config file; a :class:`ConfigError` when it cannot be read or parsed.
+
+    Plain data only (no Python tags); a key given twice in one mapping, aliases that refer to
+    themselves or expand to more than 100,000 values, and files over 1 MiB are refused.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
-    except UnicodeDecodeError as err:
-        line = err.object[: err.start].count(b"\n") + 1
-        raise ConfigError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at line {line})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB (a config holds settings, not data)")
     try:
-        return yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte {raw[err.start]:#04x} at line {line})") from None
+    try:
+        loader = _ConfigLoader(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, path) > MAX_YAML_VALUES:
+            raise ConfigError(f"{path}: its aliases expand to more than {MAX_YAML_VALUES:,} values")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as err:  # one line: where, what, and in what (PyYAML's problem and context)
 
         def at(mark: Any) -> str:
@@ -232,6 +300,8 @@ def read_yaml(path: str | Path) -> Any:
         if context:
             problem += f" ({context}{at(getattr(err, 'context_mark', None))})"
         raise ConfigError(f"{path}: invalid YAML{at(getattr(err, 'problem_mark', None))}: {problem}") from None
+    finally:
+        loader.dispose()
 
 
 def load(path: str | Path) -> RunConfig:

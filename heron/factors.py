@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, SupportsFloat
 
@@ -131,13 +132,21 @@ def factorize(env_or_id: gym.Env | str, **make_kwargs: Any) -> RewardInfoFactors
     return RewardInfoFactors(env_or_id)
 
 
+def _as_float(value: Any) -> float:
+    """A factor as a float; an integer too large for one is infinite (counted, never a crash)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
 def read_factors(info: Mapping[str, Any], names: list[str], where: str = "env") -> list[float]:
     """The named factors of one step's info, in order; a clear error when any is missing."""
     reported = info.get("factors")
     if not isinstance(reported, Mapping):
         raise FactorError(f"{where} reports no info['factors']: wrap it with heron.FactorWrapper")
     try:
-        return [float(reported[name]) for name in names]
+        return [_as_float(reported[name]) for name in names]
     except KeyError as err:
         raise FactorError(
             f"{where} did not report factor {err.args[0]!r} at this step (reported: {sorted(reported)})"

@@ -123,12 +123,13 @@ class Encoding:
 
     def factor_matrix(self, factors: Any) -> np.ndarray:
         """Factors as an array whose last axis follows :attr:`factors`, from an array or a dict name -> array."""
-        if isinstance(factors, Mapping):
-            missing = [n for n in self.factors if n not in factors]
-            if missing:
-                raise ConfigError(f"factors: {missing[0]!r} is missing (expected {', '.join(self.factors)})")
-            return np.stack([np.asarray(factors[n], dtype=np.float32) for n in self.factors], axis=-1)
-        return np.asarray(factors, dtype=np.float32)  # the dtype rows are stored in: no second copy
+        with np.errstate(over="ignore"):  # a value past float32's range becomes inf: kept out downstream
+            if isinstance(factors, Mapping):
+                missing = [n for n in self.factors if n not in factors]
+                if missing:
+                    raise ConfigError(f"factors: {missing[0]!r} is missing (expected {', '.join(self.factors)})")
+                return np.stack([np.asarray(factors[n], dtype=np.float32) for n in self.factors], axis=-1)
+            return np.asarray(factors, dtype=np.float32)  # the dtype rows are stored in: no second copy
 
     def encode(self, fields: Mapping[str, Any], names: Sequence[str]) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
         """The named fields as (N, width) float32 rows, and the leading shape shared by all of them."""
@@ -146,9 +147,16 @@ class Encoding:
             out[name], lead = rows, shape
         return out, lead or (0,)
 
-    def rows(self, encoded: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Feature rows (N, dim): the encoded inputs side by side, in :attr:`inputs` order."""
-        return np.concatenate([encoded[k] for k in self.inputs], axis=1)
+    def rows(self, encoded: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Feature rows (N, dim): the encoded inputs side by side, in :attr:`inputs` order; and which
+        rows were finite. A non-finite value (a NaN factor, a value that overflowed float32) is
+        replaced by 0 in its row, so it never reaches the network; callers keep such rows out of
+        every reward and statistic with the mask."""
+        rows = np.concatenate([encoded[k] for k in self.inputs], axis=1)
+        finite = np.isfinite(rows).all(axis=1)
+        if not finite.all():
+            rows[~finite] = np.nan_to_num(rows[~finite], nan=0.0, posinf=0.0, neginf=0.0)
+        return rows, finite
 
     def as_json(self) -> dict[str, Any]:
         return {

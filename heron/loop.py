@@ -30,7 +30,8 @@ from heron.preferences import (
     flip,
     sample_pairs,
 )
-from heron.reward_model import BradleyTerryTrainer, RewardModel, TrainerConfig, Units
+from heron.resources import ADAM, FLOAT, check_memory, mlp_parameters
+from heron.reward_model import BradleyTerryTrainer, RewardModel, TrainerConfig, Units, masked_scores
 
 LEARNED_METHODS = ("heron", "flat-preference")
 DEFAULT_POOL_STEPS = 10_000  # comparison.pool_steps: 0
@@ -41,7 +42,23 @@ def as_hierarchy(ranking: Hierarchy | Sequence[Factor | str | Mapping[str, Any]]
     """A :class:`Hierarchy` from a hierarchy, or a list of factors, names or factor mappings."""
     if isinstance(ranking, Hierarchy):
         return ranking
-    return Hierarchy([Factor(**f) if isinstance(f, Mapping) else f for f in ranking])
+    if isinstance(ranking, str | bytes) or not isinstance(ranking, Sequence):
+        raise ConfigError(f"hierarchy: expected a list of factors, got {type(ranking).__name__}")
+    factors: list[Factor | str] = []
+    for i, f in enumerate(ranking):
+        if isinstance(f, Mapping):
+            unknown = sorted(set(map(str, f)) - {"name", "direction", "margin", "margin_mode"})
+            if unknown or "name" not in f:
+                problem = f"unknown key {unknown[0]!r}" if unknown else "no name"
+                raise ConfigError(
+                    f"hierarchy.{i}: {problem} (a factor has name, direction, margin and margin_mode)"
+                )
+            factors.append(Factor(**f))
+        elif isinstance(f, Factor | str):
+            factors.append(f)
+        else:
+            raise ConfigError(f"hierarchy.{i}: expected a Factor, a name or a mapping, got {type(f).__name__}")
+    return Hierarchy(factors)
 
 
 def signed_weights(hierarchy: Hierarchy, weights: Mapping[str, float] | None) -> np.ndarray:
@@ -104,6 +121,7 @@ class HeronLoop:
         )
         rm = self.model_config
         self.encoding = Encoding.from_spaces(observation_space, action_space, self.hierarchy.names, rm.inputs)
+        check_memory(loop_memory(rm, self.comparison, self.encoding, n_envs))
         with torch.random.fork_rng():  # a seeded initialization that leaves the caller's torch RNG alone
             torch.manual_seed(seed)
             self.reward_model = RewardModel(
@@ -116,6 +134,7 @@ class HeronLoop:
         self.update_every = self.comparison.update_every or 1
         self.rng = np.random.default_rng(seed)
         self.steps = 0
+        self.nonfinite_steps = 0
         self.last_refit: int | None = None
         self.diagnostics: dict[str, float] = {}
 
@@ -140,6 +159,7 @@ class HeronLoop:
             raise ConfigError(f"observe: inputs hold {int(np.prod(lead))} steps, dones {dones.size}")
         self.pool.extend(dones.reshape(steps, self.n_envs), **encoded)
         self.steps += steps * self.n_envs
+        self.nonfinite_steps += int((~np.isfinite(encoded["factors"]).all(axis=1)).sum())
 
     @property
     def refit_due(self) -> bool:
@@ -156,7 +176,9 @@ class HeronLoop:
         :returns: the diagnostics (empty when the pool holds fewer than two units): ``rm_accuracy``
             (pair accuracy on the new pairs, before the fit), ``rm_loss``, ``pairs_labeled``,
             ``unlabeled`` (share of pairs no level decided), ``nonfinite`` (pairs left unlabeled by a
-            non-finite factor), and ``decided/<factor>`` (share decided at each level; ``heron`` only).
+            non-finite factor), ``nonfinite_steps`` (steps observed so far with a factor that is not
+            finite in float32: kept out of every label, reward-model input and statistic), and
+            ``decided/<factor>`` (share decided at each level; ``heron`` only).
         """
         comparison = self.comparison
         index = self.pool.units(comparison.unit, comparison.segment_length)
@@ -168,7 +190,8 @@ class HeronLoop:
         )
         result = self.teacher.label(z[pairs[:, 0]], z[pairs[:, 1]], finite_std(z))
         labels = flip(result.labels, comparison.teacher_noise, self.rng)
-        rows = torch.from_numpy(self.encoding.rows({k: self.pool.flat(k) for k in self.encoding.inputs}))
+        flat_rows, finite = self.encoding.rows({k: self.pool.flat(k) for k in self.encoding.inputs})
+        rows = torch.from_numpy(flat_rows)
         stats = self.trainer.fit(
             Units(rows, torch.from_numpy(index)), torch.from_numpy(pairs), torch.from_numpy(labels.astype(np.int64))
         )
@@ -177,7 +200,8 @@ class HeronLoop:
             # statistics come from the newest NORMALIZATION_ROWS rows of the pool: plenty for a
             # mean and a 1% quantile, and a bounded cost when many envs fill the pool fast.
             steps = min(self.pool.size, max(NORMALIZATION_ROWS // self.n_envs, 1))
-            self.reward_model.refresh_normalization(rows[torch.from_numpy(self.pool.recent_rows(steps))])
+            recent = self.pool.recent_rows(steps)
+            self.reward_model.refresh_normalization(rows[torch.from_numpy(recent[finite[recent]])])
         shares = result.level_shares(len(self.hierarchy))
         self.diagnostics = {
             "rm_accuracy": stats.accuracy_before,
@@ -185,6 +209,7 @@ class HeronLoop:
             "pairs_labeled": stats.pairs,
             "unlabeled": float(shares[-1]),
             "nonfinite": int(result.nonfinite.sum()),
+            "nonfinite_steps": self.nonfinite_steps,
         }
         if isinstance(self.teacher, HierarchyTeacher):  # a weighted-sum teacher has no levels
             self.diagnostics.update(
@@ -200,8 +225,8 @@ class HeronLoop:
     def recent_rewards(self, steps: int) -> np.ndarray:
         """The learned reward of the last ``steps`` observed vector steps, shape (steps, n_envs)."""
         index = self.pool.recent_rows(steps)
-        rows = self.encoding.rows({k: self.pool.flat(k)[index] for k in self.encoding.inputs})
-        return self.reward_model.score(torch.from_numpy(rows)).numpy().reshape(-1, self.n_envs)
+        rows, finite = self.encoding.rows({k: self.pool.flat(k)[index] for k in self.encoding.inputs})
+        return masked_scores(self.reward_model, rows, finite).reshape(-1, self.n_envs)
 
     # -- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -212,6 +237,7 @@ class HeronLoop:
             "pool": self.pool.state_dict(),
             "rng": self.rng.bit_generator.state,
             "steps": self.steps,
+            "nonfinite_steps": self.nonfinite_steps,
             "last_refit": self.last_refit,
             "diagnostics": dict(self.diagnostics),
         }
@@ -221,13 +247,44 @@ class HeronLoop:
         try:
             self.reward_model.load_state_dict(state["reward_model"])
             self.trainer.load_state_dict(state["trainer"])
-        except (KeyError, RuntimeError, ValueError) as err:
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
             raise ConfigError(f"loop state: the reward model does not match ({type(err).__name__})") from None
-        self.pool.load_state_dict(state["pool"])
-        self.rng.bit_generator.state = dict(state["rng"])
-        self.steps = int(state["steps"])
-        self.last_refit = None if state["last_refit"] is None else int(state["last_refit"])
-        self.diagnostics = {str(k): float(v) for k, v in dict(state["diagnostics"]).items()}
+        try:
+            self.pool.load_state_dict(state["pool"])
+            self.rng.bit_generator.state = dict(state["rng"])
+            self.steps = int(state["steps"])
+            self.nonfinite_steps = int(state["nonfinite_steps"])
+            self.last_refit = None if state["last_refit"] is None else int(state["last_refit"])
+            self.diagnostics = {str(k): float(v) for k, v in dict(state["diagnostics"]).items()}
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise ConfigError(f"loop state: the pool or counters do not match ({type(err).__name__})") from None
+
+
+def loop_memory(
+    model: RewardModelConfig, comparison: ComparisonConfig, encoding: Encoding, n_envs: int
+) -> dict[str, tuple[int, str]]:
+    """The loop's large arrays in bytes, by the setting that sizes them (see :func:`heron.resources.check_memory`)."""
+    hidden = list(model.hidden)
+    parameters = model.ensemble * mlp_parameters([encoding.dim, *hidden, 1])
+    # Activations: a minibatch of pairs (both sides, forward and backward), and the rows scored at once.
+    activations = model.ensemble * sum(hidden) * FLOAT * (4 * model.batch_size + NORMALIZATION_ROWS)
+    rows = (comparison.pool_steps or DEFAULT_POOL_STEPS) * n_envs
+    stored = sum(encoding.stored.values())
+    n_factors = len(encoding.factors)
+    group = min(comparison.units_per_batch, rows) if comparison.units_per_batch > 1 else 0
+    pair_bytes = comparison.pairs * (8 * 2 + 2 * 8 * n_factors + 16)
+    pair_bytes += -(-comparison.pairs // model.batch_size) * group * 8  # units drawn per minibatch block
+    return {
+        "reward_model": (
+            parameters * FLOAT * ADAM + activations,
+            f"hidden {hidden} x ensemble {model.ensemble}: {parameters:,} parameters with Adam's state",
+        ),
+        "comparison.pool_steps": (
+            rows * (stored + encoding.dim) * FLOAT,
+            f"{rows:,} steps of {stored} stored and {encoding.dim} encoded floats",
+        ),
+        "comparison.pairs": (pair_bytes, f"{comparison.pairs:,} pairs of {n_factors} factors"),
+    }
 
 
 def loop_from_config(config: RunConfig, observation_space: Any, action_space: Any, n_envs: int) -> HeronLoop:

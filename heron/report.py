@@ -47,6 +47,7 @@ def metric_columns(factor_names: Sequence[str]) -> list[str]:
         *(f"decided/{n}" for n in factor_names),
         "unlabeled",
         "nonfinite",
+        "nonfinite_steps",
     ]
 
 

@@ -139,8 +139,8 @@ class RewardModel(nn.Module):
             raise ConfigError("reward_model: this model has no input encoding; score feature rows with score()")
         given = {"obs": obs, "action": action, "next_obs": next_obs, "factors": factors}
         encoded, lead = self.encoding.encode(given, self.encoding.inputs)
-        rows = torch.from_numpy(self.encoding.rows(encoded))
-        return self.score(rows).numpy().reshape(lead)
+        rows, finite = self.encoding.rows(encoded)
+        return masked_scores(self, rows, finite).reshape(lead)
 
     @torch.no_grad()
     def refresh_normalization(self, x: torch.Tensor) -> None:
@@ -203,6 +203,14 @@ class TrainerConfig:
     weight_decay: float = 1e-4
     epochs: int = 2
     batch_size: int = 256
+
+
+def masked_scores(model: RewardModel, rows: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """Rewards of feature rows; 0 (what ``reward_model.offset`` makes neutral) where the inputs were not finite."""
+    scores = model.score(torch.from_numpy(rows)).numpy()
+    if not finite.all():
+        scores[~finite] = 0.0
+    return scores
 
 
 class BradleyTerryTrainer:

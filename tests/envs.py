@@ -83,3 +83,28 @@ class CrashesAfter(gym.Wrapper):
 
 
 gym.register("heron_test/PendulumCrashes-v0", entry_point=lambda: CrashesAfter(gym.make("heron/Pendulum-v1")))
+
+
+class NonFiniteFactors(gym.Wrapper):
+    """Every ``every``-th step reports one factor as NaN, +inf or a value past float32's range (in turn)."""
+
+    BAD = (float("nan"), float("inf"), 1e39)
+
+    def __init__(self, env: gym.Env, factor: str, every: int = 7) -> None:
+        super().__init__(env)
+        self.factor, self.every, self.steps = factor, every, 0
+
+    def step(self, action: Any) -> Any:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        if self.steps % self.every == 0:
+            info = dict(info)
+            bad = self.BAD[(self.steps // self.every) % len(self.BAD)]
+            info["factors"] = {**info["factors"], self.factor: bad}
+        return obs, reward, terminated, truncated, info
+
+
+gym.register(
+    "heron_test/PendulumNonFinite-v0",
+    entry_point=lambda: NonFiniteFactors(gym.make("heron/Pendulum-v1"), "angle"),
+)

@@ -58,7 +58,15 @@ def test_refit_reports_the_metrics_diagnostics() -> None:
     loop.observe(obs=context, action=action, factors=BANDIT_FACTORS[context, action], dones=np.ones(6, bool))
     stats = loop.refit()
     levels = {"decided/primary", "decided/secondary"}
-    assert set(stats) == {"rm_accuracy", "rm_loss", "pairs_labeled", "unlabeled", "nonfinite", *levels}
+    assert set(stats) == {
+        "rm_accuracy",
+        "rm_loss",
+        "pairs_labeled",
+        "unlabeled",
+        "nonfinite",
+        "nonfinite_steps",
+        *levels,
+    }
     assert stats["decided/primary"] + stats["decided/secondary"] + stats["unlabeled"] == pytest.approx(1.0)
     assert 0 < stats["pairs_labeled"] <= 4096 and loop.last_refit == 6 and not loop.refit_due
 

@@ -45,10 +45,14 @@ def _sac(out: Path) -> heron.TrainResult:
 
 
 def _rewrite_checksums(ckpt: Path) -> None:
-    """What an attacker who edits a file would also do: make state.json's checksums match again."""
+    """What an attacker who edits a file would also do: make every checksum match again."""
     state = json.loads((ckpt / "state.json").read_text())
     state["files"] = {name: hashlib.sha256((ckpt / name).read_bytes()).hexdigest() for name in state["files"]}
-    (ckpt / "state.json").write_text(json.dumps(state))
+    text = json.dumps(state)
+    (ckpt / "state.json").write_text(text)
+    latest = ckpt.parent / "LATEST"
+    pointer = json.loads(latest.read_text()) | {"state_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    latest.write_text(json.dumps(pointer))
 
 
 def test_a_payload_in_every_file_never_runs(tmp_path: Path) -> None:
@@ -96,8 +100,13 @@ def test_edited_or_damaged_checkpoints_end_in_one_line(tmp_path: Path) -> None:
         f.write(b"\x00" * 16)
     with pytest.raises(heron.ConfigError, match=r"loop\.pt does not match its checksum"):
         heron.resume(out)
-    (out / "checkpoints" / "LATEST").write_text('{"name": "ckpt-999999"}')
-    with pytest.raises(heron.ConfigError, match=r"state\.json is missing or damaged"):
+    state = (ckpt / "state.json").read_text()
+    (ckpt / "state.json").write_text(state.replace('"complete": true', '"complete": false'))
+    with pytest.raises(heron.ConfigError, match=r"state\.json does not match its checksum"):
+        heron.resume(out)
+    pointer = json.loads((out / "checkpoints" / "LATEST").read_text())
+    (out / "checkpoints" / "LATEST").write_text(json.dumps(pointer | {"name": "ckpt-999999"}))
+    with pytest.raises(heron.ConfigError, match=r"state\.json is missing"):
         heron.resume(out)
 
 

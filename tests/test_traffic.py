@@ -141,6 +141,8 @@ def test_simulator_fault_cuts_the_episode_and_restarts(fault: signal.Signals) ->
     assert info["sim_restarted"] and truncated and not terminated and reward == 0.0
     np.testing.assert_array_equal(after, obs)
     assert list(info["factors"]) == FACTORS and len(info["slot_rewards"]) == sim.num_slots
+    # Nothing was measured in that step: every factor is missing, not 0 (the best value of a cost).
+    assert all(math.isnan(v) for slot in info["slot_factors"] for v in slot.values())
     assert sim.sim_pid != pid
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
@@ -175,6 +177,7 @@ def test_training_continues_through_a_simulator_crash() -> None:
     )
     assert sum(restarts) == 2  # the training env and the evaluation env
     assert result.metrics[-1]["step"] == 160 and result.metrics[-1]["pairs_labeled"] > 0
+    assert result.metrics[-1]["nonfinite_steps"] == 4  # the restart step of each of the grid's 4 lights
 
 
 class Slotted(gym.Env):

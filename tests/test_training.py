@@ -174,7 +174,7 @@ def test_segment_and_episode_units(unit: str) -> None:
     assert result.metrics[-1]["pairs_labeled"] > 0
     factors = loop.pool.flat("factors").astype(np.float64)
     z = factors[index].mean(axis=1)
-    rows = loop.encoding.rows({k: loop.pool.flat(k) for k in loop.encoding.inputs})
+    rows, _ = loop.encoding.rows({k: loop.pool.flat(k) for k in loop.encoding.inputs})
     scores = result.reward_model.score(torch.from_numpy(rows)).numpy()[index].sum(axis=1)
     a, b = np.triu_indices(len(index), 1)
     labels = loop.hierarchy.compare(z[a], z[b])

@@ -27,7 +27,7 @@ Factors per light and step (``info["slot_factors"]``; their sum over lights is `
 ``info["slot_rewards"]`` holds each light's reward. Each simulation runs in a child process of
 its own (libsumo allows one simulation per process); a simulator that dies or stops answering
 is killed and replaced, and the step it happened in ends the episode (``truncated``, with
-``info["sim_restarted"] = True``).
+``info["sim_restarted"] = True``, reward 0 and every factor NaN: missing, not measured).
 """
 
 from __future__ import annotations
@@ -278,8 +278,9 @@ class TrafficEnv(gym.Env[np.ndarray, np.ndarray]):
             obs, rewards, factors, done = self._sim.call(("step", actions), self.step_timeout)
         except SimulatorFault:
             self._restart()
-            zeros = np.zeros(self.num_slots)
-            info = self._info(zeros, np.zeros((self.num_slots, len(FACTORS))))
+            # Nothing was measured: every factor is missing (NaN), not 0, which is the best value
+            # of a cost. heron keeps such steps out of labels, rewards and statistics.
+            info = self._info(np.zeros(self.num_slots), np.full((self.num_slots, len(FACTORS)), np.nan))
             info["sim_restarted"] = True
             return self._last_obs, 0.0, False, True, info
         self._last_obs = obs

@@ -27,6 +27,10 @@ from heron.sb3.buffers import OffPolicyAdapter, OnPolicyAdapter
 from heron.sb3.vec_env import RewardSwap
 
 
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
 class Clock:
     """Wall-clock seconds of a run, carried across resumes."""
 
@@ -74,7 +78,8 @@ def evaluate(model: BaseAlgorithm, env: gym.Env, episodes: int, factor_names: li
             action, _ = model.predict(obs, deterministic=True)
             obs, reward, terminated, truncated, info = env.step(action)
             ret += float(reward)
-            total += read_factors(info, factor_names, "evaluation env")
+            step = np.asarray(read_factors(info, factor_names, "evaluation env"))
+            total += np.where(np.isfinite(step), step, 0.0)  # a missing (non-finite) value adds nothing
             done = terminated or truncated
         returns.append(ret)
         totals.append(total)
@@ -148,13 +153,23 @@ class EvaluationCallback(BaseCallback):
         if self.metrics_file is not None:
             report.write_metrics(self.metrics_file, self.metrics, self.columns)
 
-    def state_dict(self) -> dict[str, int]:
-        return {"last_eval": self.last_eval, "rows": len(self.metrics)}
+    def state_dict(self) -> dict[str, Any]:
+        """The evaluations so far (NaN as None: a checkpoint is strict JSON) and the last evaluation's step."""
+        rows = [[None if _nan(row.get(c)) else row.get(c) for c in self.columns] for row in self.metrics]
+        return {"last_eval": self.last_eval, "columns": list(self.columns), "metrics": rows}
 
-    def load_state_dict(self, state: Mapping[str, Any], metrics: list[dict[str, Any]]) -> None:
-        """Continue from a checkpoint: its evaluations are the first ``rows`` rows of ``metrics``."""
-        self.metrics = metrics[: int(state["rows"])]
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint: its evaluations replace whatever ``metrics.csv`` holds now (a
+        deleted, damaged or edited table loses nothing), and the table is written again from them."""
+        columns, rows = list(state["columns"]), list(state["metrics"])
+        if columns != list(self.columns) or not all(isinstance(r, list) and len(r) == len(columns) for r in rows):
+            raise ValueError("evaluations do not fit this run's columns")
+        self.metrics = [
+            {c: math.nan if v is None else float(v) for c, v in zip(columns, row, strict=True)} for row in rows
+        ]
         self.last_eval = int(state["last_eval"])
+        if self.metrics_file is not None:
+            report.write_metrics(self.metrics_file, self.metrics, self.columns)
 
 
 class CheckpointCallback(BaseCallback):

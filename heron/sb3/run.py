@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +33,18 @@ from heron.config import RunConfig, from_hierarchy, read_yaml, to_hierarchy, val
 from heron.envs import REGISTRY, make_env
 from heron.errors import ConfigError
 from heron.factors import env_name, probe_factor_names
+from heron.features import Encoding
 from heron.hierarchy import Factor, Hierarchy
-from heron.loop import DEFAULT_POOL_STEPS, LEARNED_METHODS, HeronLoop, as_hierarchy, loop_from_config, signed_weights
+from heron.loop import (
+    DEFAULT_POOL_STEPS,
+    LEARNED_METHODS,
+    HeronLoop,
+    as_hierarchy,
+    loop_from_config,
+    loop_memory,
+    signed_weights,
+)
+from heron.resources import ADAM, FLOAT, check_memory, mlp_parameters
 from heron.reward_model import RewardModel
 from heron.sb3.buffers import OffPolicyAdapter, OnPolicyAdapter
 from heron.sb3.callbacks import CheckpointCallback, Clock, EvaluationCallback, HeronCallback, ProgressCallback
@@ -76,6 +86,13 @@ def _env_factory(env: EnvSpec, env_kwargs: dict[str, Any]) -> Callable[[], gym.E
         return lambda: make_env(env, **env_kwargs)
     if isinstance(env, gym.Env):
         template = env
+        try:  # each parallel and evaluation env is a copy: find out now whether one can be made
+            copy.deepcopy(template).close()
+        except Exception as err:
+            raise ConfigError(
+                f"env: {env_name(template)} cannot be copied ({type(err).__name__}: {err}); heron makes a copy "
+                "for each parallel and evaluation env, so pass a callable that makes the env instead".splitlines()[0]
+            ) from None
         return lambda: copy.deepcopy(template)
     if callable(env):
         return env
@@ -91,6 +108,132 @@ def _int_setting(kwargs: dict[str, Any], algorithm: type[BaseAlgorithm], name: s
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"algorithm_kwargs.{name}: must be an integer, got {value!r}")
     return value
+
+
+# Settings SB3 stores at construction and first uses in training: their ranges, checked up front.
+# name -> (lowest, highest, whether the lowest itself is allowed); None: no bound.
+_RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "gamma": (0.0, 1.0, True),
+    "gae_lambda": (0.0, 1.0, True),
+    "tau": (0.0, 1.0, True),
+    "exploration_fraction": (0.0, 1.0, True),
+    "exploration_initial_eps": (0.0, 1.0, True),
+    "exploration_final_eps": (0.0, 1.0, True),
+    "learning_rate": (0.0, None, False),
+    "clip_range": (0.0, None, False),
+    "clip_range_vf": (0.0, None, False),
+    "ent_coef": (0.0, None, True),
+    "vf_coef": (0.0, None, True),
+    "max_grad_norm": (0.0, None, False),
+    "target_kl": (0.0, None, False),
+    "n_steps": (1, None, True),
+    "batch_size": (1, None, True),
+    "n_epochs": (1, None, True),
+    "buffer_size": (1, None, True),
+    "learning_starts": (0, None, True),
+    "target_update_interval": (1, None, True),
+    "sde_sample_freq": (-1, None, True),
+}
+
+
+def _nonfinite(value: Any, where: str) -> str | None:
+    """The path of the first non-finite float inside ``value`` (nested lists and dicts), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list | tuple) else ()
+    for key, inner in items:
+        found = _nonfinite(inner, f"{where}.{key}")
+        if found is not None:
+            return found
+    return None
+
+
+def check_algorithm_kwargs(algorithm: type[BaseAlgorithm], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``algorithm_kwargs`` checked against the algorithm's own signature: types, finite numbers, ranges.
+
+    SB3 stores most settings at construction and first uses them in training (``gamma: .nan``,
+    ``n_epochs: ten``), so each value is validated here against the annotation SB3 gives it, and
+    the common settings against their ranges. A list where SB3 wants a tuple (``train_freq: [4,
+    step]`` from YAML) becomes a tuple.
+
+    :returns: the settings to pass on.
+    :raises ConfigError: naming the first setting that SB3 would fail on.
+    """
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+    parameters = inspect.signature(algorithm.__init__).parameters
+    checked = {}
+    for name, value in kwargs.items():
+        where = f"algorithm_kwargs.{name}"
+        bad = _nonfinite(value, where)
+        if bad is not None:
+            raise ConfigError(f"{bad}: must be a finite number, got {value!r}")
+        parameter = parameters.get(name)
+        if parameter is not None and parameter.annotation is not inspect.Parameter.empty:
+            adapter = TypeAdapter(parameter.annotation, config=ConfigDict(arbitrary_types_allowed=True))
+            for candidate in (value, tuple(value)) if isinstance(value, list) else (value,):
+                try:
+                    adapter.validate_python(candidate, strict=True)
+                except ValidationError:
+                    continue
+                value = candidate
+                break
+            else:
+                annotation = parameter.annotation
+                expected = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+                expected = expected.replace("collections.abc.", "").replace("typing.", "")
+                raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+        if name in _RANGES and isinstance(value, int | float) and not isinstance(value, bool):
+            low, high, low_allowed = _RANGES[name]
+            if value < low or (value == low and not low_allowed) or (high is not None and value > high):
+                bounds = f"[{low:g}, {high:g}]" if high is not None else f"{'>=' if low_allowed else '>'} {low:g}"
+                raise ConfigError(f"{where}: must be {'in ' if high is not None else ''}{bounds}, got {value!r}")
+        checked[name] = value
+    return checked
+
+
+def _net_widths(net_arch: Any, default: list[int]) -> dict[str, list[int]]:
+    """Hidden widths of each head from SB3's ``net_arch`` (a list, or a dict of lists per head)."""
+    if isinstance(net_arch, Mapping):
+        return {str(k): [int(w) for w in v] for k, v in net_arch.items() if isinstance(v, Sequence)}
+    if isinstance(net_arch, Sequence):
+        return {"net": [int(w) for w in net_arch if isinstance(w, int)]}
+    return {"net": default}
+
+
+def agent_memory(cfg: RunConfig, observation_space: Any, action_space: Any, n_envs: int) -> dict[str, tuple[int, str]]:
+    """The agent's large arrays in bytes, by the setting that sizes them (see :func:`heron.resources.check_memory`)."""
+    kwargs = cfg.algorithm_kwargs
+    algorithm = ALGORITHMS[cfg.algorithm]
+    obs_floats = int(np.prod(getattr(observation_space, "shape", ()) or (1,), dtype=np.int64))
+    obs_bytes = obs_floats * np.dtype(getattr(observation_space, "dtype", None) or np.float32).itemsize
+    act_floats = int(np.prod(getattr(action_space, "shape", ()) or (1,), dtype=np.int64))
+    on_policy = issubclass(algorithm, OnPolicyAlgorithm)
+    policy_kwargs = kwargs.get("policy_kwargs") or {}
+    default = [64, 64] if on_policy or cfg.algorithm == "dqn" else [400, 300] if cfg.algorithm != "sac" else [256, 256]
+    heads = _net_widths(policy_kwargs.get("net_arch") if isinstance(policy_kwargs, Mapping) else None, default)
+    # Actor and critic(s), target copies for off-policy agents, each with Adam's state.
+    copies = 2 if on_policy else 6
+    parameters = copies * max(mlp_parameters([obs_floats + act_floats, *w, act_floats]) for w in heads.values())
+    parts = {
+        "algorithm_kwargs.policy_kwargs": (
+            parameters * FLOAT * ADAM,
+            f"networks {heads} on {obs_floats} observation and {act_floats} action floats: {parameters:,} parameters",
+        )
+    }
+    if on_policy:
+        steps = _int_setting(kwargs, algorithm, "n_steps") * n_envs
+        parts["algorithm_kwargs.n_steps"] = (
+            steps * (obs_floats + act_floats + 6) * FLOAT,
+            f"a rollout of {steps:,} steps",
+        )
+    else:
+        rows = _int_setting(kwargs, algorithm, "buffer_size")
+        parts["algorithm_kwargs.buffer_size"] = (
+            rows * (2 * obs_bytes + (act_floats + 3 + len(cfg.hierarchy or ())) * FLOAT),
+            f"a replay buffer of {rows:,} steps",
+        )
+    return parts
 
 
 def resolve(cfg: RunConfig, env: EnvSpec, factor_names: list[str], made: str) -> RunConfig:
@@ -116,6 +259,7 @@ def resolve(cfg: RunConfig, env: EnvSpec, factor_names: list[str], made: str) ->
     kwargs = copy.deepcopy(info.algorithm_defaults.get(cfg.algorithm, {})) if info else {}
     kwargs.update(copy.deepcopy(cfg.algorithm_kwargs))
     algorithm = ALGORITHMS[cfg.algorithm]
+    kwargs = check_algorithm_kwargs(algorithm, kwargs)
     comparison = cfg.comparison
     pool_steps = comparison.pool_steps or DEFAULT_POOL_STEPS
     if issubclass(algorithm, OnPolicyAlgorithm):  # the pool holds at least one rollout; a refit per rollout
@@ -157,6 +301,14 @@ class Run:
         self.swap = self._vec_env(env_fn)
         self.eval_env = env_fn()
         learned = cfg.method in LEARNED_METHODS
+        parts = agent_memory(cfg, self.swap.observation_space, self.swap.action_space, self.swap.num_envs)
+        if learned:
+            rm = cfg.reward_model
+            encoding = Encoding.from_spaces(
+                self.swap.observation_space, self.swap.action_space, self.factor_names, rm.inputs
+            )
+            parts |= loop_memory(rm, cfg.comparison, encoding, self.swap.num_envs)
+        check_memory(parts)
         self.loop: HeronLoop | None = None
         if learned:
             self.loop = loop_from_config(cfg, self.swap.observation_space, self.swap.action_space, self.swap.num_envs)
@@ -168,7 +320,7 @@ class Run:
             self.adapter = (OnPolicyAdapter if on_policy else OffPolicyAdapter)(self.model, self.loop)
             callbacks.append(HeronCallback(self.loop, self.swap, self.adapter))
         self.clock = Clock()
-        loop = self.loop
+        loop, swap = self.loop, self.swap
         self.evaluation = EvaluationCallback(
             self.eval_env,
             self.factor_names,
@@ -178,7 +330,7 @@ class Run:
             report.metric_columns(self.factor_names),
             None if run_dir is None else run_dir / "metrics.csv",
             self.clock,
-            (lambda: loop.diagnostics) if loop is not None else dict,
+            lambda: {**(loop.diagnostics if loop is not None else {}), "nonfinite_steps": swap.nonfinite_steps},
         )
         callbacks.append(self.evaluation)
         self.checkpoints = CheckpointCallback(cfg.checkpoint_every, self.checkpoint)
@@ -238,6 +390,7 @@ class Run:
             "num_timesteps": model.num_timesteps,
             "complete": model.num_timesteps >= self.cfg.total_timesteps,
             "counters": algorithm_counters(model),
+            "nonfinite_steps": self.swap.nonfinite_steps,
             "evaluation": self.evaluation.state_dict(),
             "elapsed_s": self.clock(),
             "config": self.cfg.model_dump(mode="json"),
@@ -258,6 +411,7 @@ class Run:
             counters = dict(state["counters"])
             evaluation = dict(state["evaluation"])
             elapsed = float(state["elapsed_s"])
+            nonfinite = int(state["nonfinite_steps"])
         except (KeyError, TypeError, ValueError):
             raise ConfigError(f"{ckpt.path / checkpoints.STATE}: is missing counters") from None
         if steps < 0 or counters.get("num_timesteps") != steps or not math.isfinite(elapsed):
@@ -267,13 +421,13 @@ class Run:
             self.loop.load_state_dict(checkpoints.load_tensors(ckpt.file("loop.pt")))
         if isinstance(self.model, OffPolicyAlgorithm):
             load_replay(self.model, ckpt.file("replay.npz"), self._replay_extra())
-        assert self.run_dir is not None
-        metrics = report.read_metrics(self.run_dir / "metrics.csv")
-        if len(metrics) < int(evaluation.get("rows", 0)):
-            raise ConfigError(f"{self.run_dir / 'metrics.csv'}: holds fewer evaluations than its checkpoint")
-        self.evaluation.load_state_dict(evaluation, metrics)
+        try:
+            self.evaluation.load_state_dict(evaluation)
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{ckpt.path / checkpoints.STATE}: its evaluations do not fit this run") from None
         self.checkpoints.last = steps
         self.clock.before = elapsed
+        self.swap.nonfinite_steps = nonfinite
 
     # -- training -----------------------------------------------------------------------------------
     def learn(self) -> TrainResult:
@@ -308,6 +462,8 @@ def _build(cfg: RunConfig, env: EnvSpec, run_dir: Path | None, progress: bool) -
         raise ConfigError(
             f"env_kwargs: the env could not be made: {type(err).__name__}: {err}".splitlines()[0]
         ) from None
+    if not isinstance(probe, gym.Env):
+        raise ConfigError(f"env: the env factory returned {type(probe).__name__}, not a gymnasium.Env")
     made = cfg.env if isinstance(env, str) else env_name(probe)
     try:
         factor_names = probe_factor_names(probe, cfg.seed, f"env {made}")
@@ -321,13 +477,42 @@ def run_config(
 ) -> TrainResult:
     """Train from a validated config. ``env`` overrides ``cfg.env`` with an object or callable."""
     run_dir = Path(out) if out is not None else None
-    if run_dir is not None and (run_dir / "checkpoints").exists():
-        raise ConfigError(f"out: {run_dir} already holds a run (resume it with `heron train --resume`)")
-    run = _build(cfg, cfg.env if env is None else env, run_dir, progress)
+    created = _prepare_out(run_dir) if run_dir is not None else False
+    try:
+        run = _build(cfg, cfg.env if env is None else env, run_dir, progress)
+    except BaseException:
+        if created and run_dir is not None and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that never started leaves no directory behind
+        raise
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(run.cfg.model_dump(mode="json"), sort_keys=False))
     return run.learn()
+
+
+RUN_FILES = ("config.yaml", "metrics.csv", "checkpoints", "tb", "policy.zip", "reward_model.safetensors")
+
+
+def _prepare_out(run_dir: Path) -> bool:
+    """Make sure a new run can write to ``run_dir`` and would overwrite nothing; True when it was created."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"out: {run_dir} is a file, not a directory")
+    if (run_dir / "checkpoints" / checkpoints.LATEST).exists():
+        raise ConfigError(f"out: {run_dir} already holds a run (resume it with `heron train --resume`)")
+    left = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if left:
+        raise ConfigError(
+            f"out: {run_dir} holds {left[0]} of a run that stopped before its first checkpoint "
+            "(nothing to resume: delete it or choose another directory)"
+        )
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".heron-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"out: cannot write to {run_dir}: {err.strerror or type(err).__name__}") from None
+    return created
 
 
 def resume(run_dir: str | Path, progress: bool = False) -> TrainResult:

@@ -38,6 +38,11 @@ class RewardSwap(VecEnvWrapper):
     ``info["env_reward"]`` and in the Monitor's episode statistics; :attr:`factors` holds the last
     step's factors, (n_envs, K) in the ranking's order.
 
+    A step whose factors are not all finite in float32 (NaN, infinity, a value past float32's
+    range), or whose reward is not (the env's, or the weighted sum), is counted in
+    :attr:`nonfinite_steps` and gives the agent a reward of 0 instead of crashing its update; the
+    learned reward keeps such steps out of labels, inputs and statistics (:class:`heron.HeronLoop`).
+
     :param venv: the VecEnv to wrap.
     :param factor_names: the factors to read from each step's ``info["factors"]``, in order.
     :param mode: ``env``, ``weights`` or ``deferred``.
@@ -50,20 +55,31 @@ class RewardSwap(VecEnvWrapper):
         self.mode = mode
         self.weights = weights
         self.factors = np.zeros((venv.num_envs, len(factor_names)), dtype=np.float32)
+        self.nonfinite_steps = 0
 
     def reset(self) -> Any:
         return self.venv.reset()
 
     def step_wait(self) -> Any:
         obs, rewards, dones, infos = self.venv.step_wait()
-        self.factors = np.array([read_factors(info, self.factor_names) for info in infos], dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # a value past float32 becomes inf: counted below
+            self.factors = np.array([read_factors(info, self.factor_names) for info in infos], dtype=np.float32)
         for info, r in zip(infos, rewards, strict=True):
             info["env_reward"] = float(r)
+        finite = np.isfinite(self.factors).all(axis=1)
         if self.mode == "weights":
             assert self.weights is not None
-            rewards = (self.factors @ self.weights).astype(np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):
+                weighted = np.nan_to_num(self.factors, nan=0.0, posinf=0.0, neginf=0.0) @ self.weights
+            finite &= np.isfinite(weighted)
+            rewards = np.where(finite, weighted, 0.0).astype(np.float32)
         elif self.mode == "deferred":
             rewards = np.zeros_like(rewards)
+        else:
+            env_finite = np.isfinite(np.asarray(rewards, dtype=np.float32))
+            finite &= env_finite
+            rewards = np.where(env_finite, rewards, 0.0).astype(np.float32)
+        self.nonfinite_steps += int((~finite).sum())
         return obs, rewards, dones, infos
 
 

@@ -1,0 +1,96 @@
+"""``heron lm``: preference pairs from rating files, and the synthetic HelpSteer-schema rating set.
+
+A typer sub-app mounted by ``heron.cli``. Like the main app, each command imports what it needs
+itself and reports bad input as one ``error: ...`` line with exit code 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from heron.errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+lm_app = typer.Typer(
+    help="Language-model alignment data: preference pairs from multi-attribute ratings (HelpSteer).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _one_line_errors(fn: F) -> F:
+    """``heron.cli``'s one-line errors, looked up when the command runs.
+
+    ``heron.cli`` imports this module to mount ``lm_app``, so importing ``heron.cli`` here at import
+    time would make the two modules' import order matter.
+    """
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from heron.cli import _one_line_errors as one_line_errors
+
+        return one_line_errors(fn)(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@lm_app.command()
+@_one_line_errors
+def pairs(
+    ratings: Annotated[
+        str, typer.Argument(help="Rating file (.jsonl, .json, .csv, .tsv, .parquet) or a Hugging Face dataset name.")
+    ],
+    hierarchy: Annotated[
+        str,
+        typer.Option(
+            help='Rated attributes, most important first: "correctness>helpfulness>coherence"; '
+            "each NAME[:max|min][:MARGIN[std]], e.g. verbosity:min or helpfulness:1."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Output file: .jsonl, .csv or .parquet.")] = Path("pairs.jsonl"),
+    prompt: Annotated[str, typer.Option(help="Column holding the prompt.")] = "prompt",
+    response: Annotated[str, typer.Option(help="Column holding the rated response.")] = "response",
+    split: Annotated[str, typer.Option(help="Split of a Hugging Face dataset.")] = "train",
+) -> None:
+    """Compare every two responses to the same prompt by the ranking and write trl preference rows."""
+    from heron.cli import console
+    from heron.lm.pairs import pairs_from_ratings, parse_hierarchy, read_ratings
+
+    try:
+        ranking = parse_hierarchy(hierarchy)
+    except ConfigError as err:
+        raise ConfigError(f"--hierarchy: {err}") from None
+    table = read_ratings(ratings, split=split)
+    try:
+        result = pairs_from_ratings(table, ranking, prompt=prompt, response=response)
+    except ConfigError as err:
+        raise ConfigError(f"{ratings}: {err}") from None
+    result.write(out)
+    report = result.report
+    console.print(report.summary(), soft_wrap=True)
+    console.print(f"wrote {len(result)} pairs to {out}")
+
+
+@lm_app.command()
+@_one_line_errors
+def generate(
+    out: Annotated[Path, typer.Option(help="Output file: .jsonl or .parquet.")] = Path("helpsteer-synthetic.jsonl"),
+    prompts: Annotated[int, typer.Option(help="Prompts (checkable tasks).", min=1)] = 100,
+    responses: Annotated[int, typer.Option(help="Rated responses per prompt.", min=1)] = 4,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    noise: Annotated[float, typer.Option(help="Annotator noise (std, rating points).", min=0.0)] = 0.5,
+) -> None:
+    """Write a synthetic rating set in the HelpSteer schema whose answers a program can check."""
+    from heron.cli import console
+    from heron.lm.ratings import generate_ratings, save_ratings
+
+    rows = generate_ratings(prompts, responses=responses, seed=seed, noise=noise)
+    save_ratings(rows, out)
+    console.print(f"wrote {len(rows)} rated responses to {prompts} prompts to {out}")
