@@ -50,9 +50,7 @@ def as_hierarchy(ranking: Hierarchy | Sequence[Factor | str | Mapping[str, Any]]
             unknown = sorted(set(map(str, f)) - {"name", "direction", "margin", "margin_mode"})
             if unknown or "name" not in f:
                 problem = f"unknown key {unknown[0]!r}" if unknown else "no name"
-                raise ConfigError(
-                    f"hierarchy.{i}: {problem} (a factor has name, direction, margin and margin_mode)"
-                )
+                raise ConfigError(f"hierarchy.{i}: {problem} (a factor has name, direction, margin and margin_mode)")
             factors.append(Factor(**f))
         elif isinstance(f, Factor | str):
             factors.append(f)
