@@ -40,6 +40,7 @@ class Case:
     kind: str
     name: str
     setup: Callable[[Path], list[str]]  # prepares files under a scratch folder, returns heron's arguments
+    recovered: bool = False  # the promise is a finished run that lost nothing, not a refusal
 
 
 def _config(overrides: dict | None = None, drop: tuple[str, ...] = ()) -> Callable[[Path], list[str]]:
@@ -256,7 +257,7 @@ CASES = [
     Case("resume", "state.json num_timesteps a string", _damaged(_edit_state("num_timesteps", "many"))),
     Case("resume", "state.json counters null", _damaged(_edit_state("counters", None))),
     Case("resume", "state.json elapsed_s nan", _damaged(_edit_state("elapsed_s", float("nan")))),
-    Case("resume", "state.json complete true", _damaged(_edit_state("complete", True))),
+    Case("resume", "state.json complete flipped", _damaged(_edit_state("complete", False))),
     Case("resume", "LATEST empty", _damaged(_write("checkpoints/LATEST", b"", in_ckpt=False))),
     Case("resume", "LATEST names nothing", _damaged(_write("checkpoints/LATEST", b'{"name": "ckpt-999999"}', False))),
     Case("resume", "LATEST traversal", _damaged(_write("checkpoints/LATEST", b'{"name": "../../etc"}', False))),
@@ -265,9 +266,20 @@ CASES = [
     Case("resume", "loop.pt truncated", _damaged(_truncate("loop.pt"))),
     Case("resume", "loop.pt random bytes", _damaged(_flip_bytes("loop.pt"))),
     Case("resume", "algorithm.pt random bytes", _damaged(_flip_bytes("algorithm.pt"))),
-    Case("resume", "metrics.csv deleted", _damaged(_delete("metrics.csv", in_ckpt=False))),
-    Case("resume", "metrics.csv not numbers", _damaged(_write("metrics.csv", b"step,x\nabc,def\n", in_ckpt=False))),
-    Case("resume", "metrics.csv binary", _damaged(_write("metrics.csv", bytes(range(256)), in_ckpt=False))),
+    # metrics.csv is an output: the checkpoint holds the evaluations, so resume writes it again.
+    Case("resume", "metrics.csv deleted", _damaged(_delete("metrics.csv", in_ckpt=False)), recovered=True),
+    Case(
+        "resume",
+        "metrics.csv not numbers",
+        _damaged(_write("metrics.csv", b"step,x\nabc,def\n", in_ckpt=False)),
+        recovered=True,
+    ),
+    Case(
+        "resume",
+        "metrics.csv binary",
+        _damaged(_write("metrics.csv", bytes(range(256)), in_ckpt=False)),
+        recovered=True,
+    ),
     Case("resume", "config.yaml method edited", _damaged(_edit_config("method", "weighted-sum"))),
     Case("resume", "config.yaml hidden edited", _damaged(_edit_config("reward_model.hidden", [64, 64]))),
     Case("resume", "config.yaml algorithm edited", _damaged(_edit_config("algorithm", "a2c"))),
@@ -312,6 +324,14 @@ def run_case(case: Case, timeout: float) -> tuple[Case, str, str]:
         lines = proc.stderr.strip().splitlines()
         if "Traceback" in proc.stderr:
             return case, "traceback", lines[-1] if lines else ""
+        if case.recovered:
+            rows = (tmp / "run" / "metrics.csv").read_text().splitlines() if proc.returncode == 0 else []
+            steps = [line.split(",")[0] for line in rows[1:]]
+            numbers = [int(x) for x in steps if x.isdigit()]
+            ordered = len(numbers) == len(steps) > 1 and numbers == sorted(set(numbers))
+            if proc.returncode == 0 and ordered and numbers[0] < 512 and numbers[-1] == 1024:
+                return case, "ok", f"resumed; metrics.csv rewritten, {len(steps)} evaluations up to 1024"
+            return case, "not recovered", f"exit {proc.returncode}, evaluations {steps}"
         if proc.returncode == 0:
             return case, "accepted", "exit code 0"
         if proc.returncode == 2 and len(lines) == 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -132,8 +133,9 @@ class RewardModel(nn.Module):
         """Per-step learned reward of raw inputs, one per row: shaped like the inputs' leading axes.
 
         Give the fields the model reads (``encoding.inputs``): observations and actions as the env
-        gives and takes them (Discrete as integers), factors as an array whose last axis follows
-        ``encoding.factors`` or as a dict name -> array.
+        gives and takes them, stacked (Discrete and MultiDiscrete as integers, MultiBinary as 0/1, a
+        Dict as a dict key -> array, a Tuple as a tuple of arrays), factors as an array whose last
+        axis follows ``encoding.factors`` or as a dict name -> array.
         """
         if self.encoding is None:
             raise ConfigError("reward_model: this model has no input encoding; score feature rows with score()")
@@ -162,7 +164,7 @@ class RewardModel(nn.Module):
     def save(self, path: str | Path) -> None:
         """Write the weights and architecture to a safetensors file (no pickle)."""
         tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        metadata = {"config": json.dumps(self.config)}
+        metadata = {"config": json.dumps(self.config), "sha256": _tensors_sha256(tensors)}
         if self.encoding is not None:
             metadata["encoding"] = json.dumps(self.encoding.as_json())
         save_file(tensors, str(path), metadata=metadata)
@@ -179,7 +181,10 @@ class RewardModel(nn.Module):
                 raise ConfigError(f"{path}: not a heron reward model (no config metadata)")
             encoding = Encoding.from_json(json.loads(meta["encoding"])) if "encoding" in meta else None
             model = cls(**json.loads(meta["config"]), encoding=encoding)
-            model.load_state_dict(load_file(str(path)))
+            tensors = load_file(str(path))
+            if meta.get("sha256") != _tensors_sha256(tensors):  # bytes changed inside a tensor still load
+                raise ConfigError(f"{path}: the weights do not match their checksum (damaged or edited)")
+            model.load_state_dict(tensors)
         except ConfigError:
             raise
         except Exception as err:  # a damaged or foreign file: name it, in one line
@@ -203,6 +208,16 @@ class TrainerConfig:
     weight_decay: float = 1e-4
     epochs: int = 2
     batch_size: int = 256
+
+
+def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors' names, shapes, dtypes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def masked_scores(model: RewardModel, rows: np.ndarray, finite: np.ndarray) -> np.ndarray:

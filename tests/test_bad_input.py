@@ -385,3 +385,18 @@ def test_library_arguments_raise_config_error(env: Any, hierarchy: Any, match: s
         hierarchy = ["angle"]
     with pytest.raises(heron.ConfigError, match=match):
         heron.train(env, hierarchy, total_timesteps=64)
+
+
+def test_random_bytes_inside_a_saved_reward_model_are_refused(tmp_path: Path) -> None:
+    """Bytes changed inside a tensor still load as numbers (and turn into NaN or garbage later): the
+    checksum the file carries refuses them."""
+    from heron.reward_model import RewardModel
+
+    path = tmp_path / "reward.safetensors"
+    RewardModel(4, (8,), 1, True, "mean", 1.0, None).save(path)
+    RewardModel.load(path)
+    data = bytearray(path.read_bytes())
+    data[-20:-12] = b"\x7f\xc0\x00\x00\x7f\xc0\x00\x00"  # two NaNs' worth of bytes in the last tensor
+    path.write_bytes(bytes(data))
+    with pytest.raises(heron.ConfigError, match="do not match their checksum"):
+        RewardModel.load(path)

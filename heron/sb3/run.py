@@ -26,6 +26,7 @@ from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from heron import checkpoints, report
@@ -201,13 +202,22 @@ def _net_widths(net_arch: Any, default: list[int]) -> dict[str, list[int]]:
     return {"net": default}
 
 
+def _space_size(space: Any) -> tuple[int, int]:
+    """Values and bytes of one element of a space as SB3's buffers store it (a Dict: the sum of its parts)."""
+    if isinstance(space, gym.spaces.Dict):
+        sizes = [_space_size(sub) for sub in space.spaces.values()]
+        return sum(v for v, _ in sizes), sum(b for _, b in sizes)
+    values = int(np.prod(getattr(space, "shape", ()) or (1,), dtype=np.int64))
+    return values, values * np.dtype(getattr(space, "dtype", None) or np.float32).itemsize
+
+
 def agent_memory(cfg: RunConfig, observation_space: Any, action_space: Any, n_envs: int) -> dict[str, tuple[int, str]]:
-    """The agent's large arrays in bytes, by the setting that sizes them (see :func:`heron.resources.check_memory`)."""
+    """The agent's large arrays in bytes, by the setting that sizes them (see :func:`heron.resources.check_memory`);
+    a Dict observation counts the sum of its sub-spaces."""
     kwargs = cfg.algorithm_kwargs
     algorithm = ALGORITHMS[cfg.algorithm]
-    obs_floats = int(np.prod(getattr(observation_space, "shape", ()) or (1,), dtype=np.int64))
-    obs_bytes = obs_floats * np.dtype(getattr(observation_space, "dtype", None) or np.float32).itemsize
-    act_floats = int(np.prod(getattr(action_space, "shape", ()) or (1,), dtype=np.int64))
+    obs_floats, obs_bytes = _space_size(observation_space)
+    act_floats, _ = _space_size(action_space)
     on_policy = issubclass(algorithm, OnPolicyAlgorithm)
     policy_kwargs = kwargs.get("policy_kwargs") or {}
     default = [64, 64] if on_policy or cfg.algorithm == "dqn" else [400, 300] if cfg.algorithm != "sac" else [256, 256]
@@ -279,6 +289,34 @@ def resolve(cfg: RunConfig, env: EnvSpec, factor_names: list[str], made: str) ->
     data["eval"]["every"] = eval_every
     data["comparison"] |= {"pool_steps": pool_steps, "update_every": update_every, "warmup_steps": warmup}
     return validate(data, "config")
+
+
+SB3_SPACES = (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
+
+
+def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
+    """Refuse, in one line, spaces SB3 cannot train on before it meets them: it takes Box, Discrete,
+    MultiDiscrete and MultiBinary (starting at 0), and observations that are a Dict of those."""
+    observations = (
+        observation_space.spaces if isinstance(observation_space, gym.spaces.Dict) else {"": observation_space}
+    )
+    named = [(f"observation space{'.' if k else ''}{k}", s) for k, s in observations.items()]
+    for what, space in [*named, ("action space", action_space)]:
+        if not isinstance(space, SB3_SPACES):
+            raise ConfigError(
+                f"{what}: {type(space).__name__} is not supported (SB3 trains on Box, Discrete, MultiDiscrete, "
+                "MultiBinary, and observations that are a Dict of them)"
+            )
+        if np.any(getattr(space, "start", 0) != 0):
+            raise ConfigError(f"{what}: {space} does not start at 0, which SB3 needs (it one-hot encodes from 0)")
+
+
+def default_policy(observation_space: gym.Space) -> str:
+    """The SB3 policy for an observation space: ``MultiInputPolicy`` for a Dict, ``CnnPolicy`` for an
+    image (SB3's ``is_image_space``), ``MlpPolicy`` otherwise (``algorithm_kwargs.policy`` overrides it)."""
+    if isinstance(observation_space, gym.spaces.Dict):
+        return "MultiInputPolicy"
+    return "CnnPolicy" if is_image_space(observation_space) else "MlpPolicy"
 
 
 @contextmanager
@@ -367,8 +405,13 @@ class Run:
         if reserved:
             raise ConfigError(f"algorithm_kwargs.{reserved[0]}: set by heron, not by the algorithm's settings")
         settings |= cfg.algorithm_kwargs
+        algorithm = ALGORITHMS[cfg.algorithm]
+        policy = settings.pop("policy") if "policy" in settings else default_policy(self.swap.observation_space)
+        if policy not in algorithm.policy_aliases:
+            choices = ", ".join(algorithm.policy_aliases)
+            raise ConfigError(f"algorithm_kwargs.policy: {cfg.algorithm} has the policies {choices}, got {policy!r}")
         try:
-            return ALGORITHMS[cfg.algorithm]("MlpPolicy", self.swap, **settings)
+            return algorithm(policy, self.swap, **settings)
         except (TypeError, ValueError, AssertionError) as err:
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if "as action spaces" in message or "observation space" in message.lower():
@@ -466,6 +509,7 @@ def _build(cfg: RunConfig, env: EnvSpec, run_dir: Path | None, progress: bool) -
         raise ConfigError(f"env: the env factory returned {type(probe).__name__}, not a gymnasium.Env")
     made = cfg.env if isinstance(env, str) else env_name(probe)
     try:
+        check_spaces(probe.observation_space, probe.action_space)
         factor_names = probe_factor_names(probe, cfg.seed, f"env {made}")
     finally:
         probe.close()
@@ -527,18 +571,24 @@ def resume(run_dir: str | Path, progress: bool = False) -> TrainResult:
     ckpt = checkpoints.latest(run_dir)
     if ckpt is None:
         raise ConfigError(f"resume: {run_dir} has no checkpoint yet")
-    run = _build(cfg, cfg.env, run_dir, progress)
     saved = ckpt.state.get("config")
     if not isinstance(saved, dict):
         raise ConfigError(f"resume: the checkpoint of {run_dir} records no config")
-    current = run.cfg.model_dump(mode="json")
+    _same_config(cfg, saved, config_file)  # config.yaml is the resolved config: compare before building
+    run = _build(cfg, cfg.env, run_dir, progress)
+    _same_config(run.cfg, saved, config_file)  # and what this version of heron resolves it to
+    run.restore(ckpt)
+    return run.learn()
+
+
+def _same_config(cfg: RunConfig, saved: dict[str, Any], config_file: Path) -> None:
+    """Refuse a config that differs from the checkpoint's in any setting but ``total_timesteps``."""
+    current = cfg.model_dump(mode="json")
     changed = sorted(
         k for k in current.keys() | saved.keys() if k != "total_timesteps" and current.get(k) != saved.get(k)
     )
     if changed:
         raise ConfigError(f"resume: {config_file} no longer matches its checkpoint ({', '.join(changed)} changed)")
-    run.restore(ckpt)
-    return run.learn()
 
 
 def train(
