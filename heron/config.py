@@ -164,11 +164,31 @@ class RunConfig(_Strict):
             raise ValueError(f"weights must be finite numbers of at most {FLOAT32_MAX:.3g} in size (float32)")
         return v
 
+    @field_validator("env_kwargs", "algorithm_kwargs")
+    @classmethod
+    def _finite_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = nonfinite_path(v)
+        if bad is not None:
+            raise ValueError(f"{bad}: must be a finite number")
+        return v
+
     @model_validator(mode="after")
     def _hierarchy_valid(self) -> RunConfig:
         if self.hierarchy is not None:
             to_hierarchy(self.hierarchy)
         return self
+
+
+def nonfinite_path(value: Any, where: str = "") -> str | None:
+    """The dotted path of the first NaN or infinite float inside nested dicts and lists, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where.lstrip(".") or "value"
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list | tuple) else ()
+    for key, inner in items:
+        found = nonfinite_path(inner, f"{where}.{key}")
+        if found is not None:
+            return found
+    return None
 
 
 def to_hierarchy(factors: tuple[FactorConfig, ...] | list[FactorConfig]) -> Hierarchy:

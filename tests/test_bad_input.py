@@ -50,12 +50,12 @@ def _one_line(result: Any) -> str:
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"algorithm_kwargs": {"gamma": math.nan}}, r"algorithm_kwargs\.gamma: must be a finite number"),
+        ({"algorithm_kwargs": {"gamma": math.nan}}, r"algorithm_kwargs: gamma: must be a finite number"),
         ({"algorithm_kwargs": {"gamma": 1.5}}, r"algorithm_kwargs\.gamma: must be in \[0, 1\], got 1\.5"),
         ({"algorithm_kwargs": {"n_epochs": "ten"}}, r"algorithm_kwargs\.n_epochs: expected int, got 'ten'"),
         ({"algorithm_kwargs": {"n_epochs": True}}, r"algorithm_kwargs\.n_epochs: expected"),
         ({"algorithm_kwargs": {"policy_kwargs": {"net_arch": [1.5]}}}, r"algorithm_kwargs: ppo rejected them"),
-        ({"algorithm_kwargs": {"policy_kwargs": {"x": [math.inf]}}}, r"policy_kwargs\.x\.0: must be a finite"),
+        ({"algorithm_kwargs": {"policy_kwargs": {"x": [math.inf]}}}, r"algorithm_kwargs: policy_kwargs\.x\.0: must be a finite"),
         ({"algorithm_kwargs": {"policy_kwargs": {"net_arch": [10**6] * 3}}}, r"policy_kwargs: needs about"),
         ({"reward_model": {"hidden": [10**6, 10**6]}}, r"reward_model: needs about 14\.7 TiB of memory"),
         ({"reward_model": {"ensemble": 10**8}}, r"reward_model: needs about .* x ensemble 100000000"),
@@ -63,6 +63,7 @@ def _one_line(result: Any) -> str:
         ({"comparison": {"pool_steps": 10**12}}, r"comparison\.pool_steps: needs about"),
         ({"n_envs": 10**6}, r"n_envs: Input should be less than or equal to 4096"),
         ({"env_kwargs": {"foo": 1}}, r"env_kwargs: the env could not be made: TypeError"),
+        ({"env_kwargs": {"g": math.nan}}, r"env_kwargs: g: must be a finite number"),
         ({"env_kwargs": {"max_episode_steps": 0}}, r"env_kwargs: the env could not be made: ValueError"),
     ],
 )
