@@ -3,6 +3,13 @@
 An :class:`Encoding` is plain data (it round-trips through JSON), so a saved reward model carries
 it and scores raw observations and actions with no other heron code. Pure numpy; Gymnasium spaces
 are only read when an encoding is first built.
+
+Each space becomes columns of a row: a Box its values, flattened; a Discrete a one-hot vector; a
+MultiDiscrete one one-hot vector per component, side by side; a MultiBinary its 0/1 values; a Dict
+each of its sub-spaces in sorted key order (a Tuple in position order), nested ones too. An image
+(a Box of uint8 in [0, 255] with three axes, as SB3 sees one) is not encoded: the reward model is
+an MLP, so a run whose observations are images reads ``factors`` (and may read actions), and its
+pool never stores a frame.
 """
 
 from __future__ import annotations
@@ -18,74 +25,183 @@ from heron.errors import ConfigError
 INPUTS = ("obs", "action", "next_obs", "factors")
 
 
+KINDS = ("box", "discrete", "multi_discrete", "multi_binary", "image", "dict", "tuple")
+
+
 @dataclass(frozen=True)
 class Field:
     """How one input is encoded.
 
-    :param kind: ``"box"`` (floats, flattened) or ``"discrete"`` (an integer, one-hot encoded).
-    :param shape: the shape of one value (``box``); ``()`` for ``discrete``.
+    :param kind: ``"box"`` (floats, flattened), ``"discrete"`` (an integer, one-hot encoded),
+        ``"multi_discrete"`` (integers, each one-hot encoded, concatenated), ``"multi_binary"``
+        (0/1 values as floats), ``"image"`` (uint8 frames: never encoded, see :class:`Encoding`),
+        ``"dict"`` or ``"tuple"`` (each part encoded by its own field, concatenated).
+    :param shape: the shape of one value (``box``, ``multi_binary``, ``image``; ``multi_discrete``:
+        the shape of its ``nvec``); ``()`` otherwise.
     :param n: the number of values (``discrete``).
     :param start: the smallest value (``discrete``).
+    :param nvec: the number of values of each component, flattened (``multi_discrete``).
+    :param starts: the smallest value of each component, flattened (``multi_discrete``).
+    :param parts: ``(key, field)`` of each part, in encoding order: sorted keys (``dict``) or
+        positions (``tuple``).
     """
 
     kind: str
     shape: tuple[int, ...] = ()
     n: int = 0
     start: int = 0
+    nvec: tuple[int, ...] = ()
+    starts: tuple[int, ...] = ()
+    parts: tuple[tuple[str, Field], ...] = ()
 
     @property
     def width(self) -> int:
         """Columns of this input in a feature row."""
-        return self.n if self.kind == "discrete" else int(np.prod(self.shape, dtype=np.int64))
+        if self.kind == "discrete":
+            return self.n
+        if self.kind == "multi_discrete":
+            return sum(self.nvec)
+        if self.kind in ("dict", "tuple"):
+            return sum(f.width for _, f in self.parts)
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def has_image(self) -> bool:
+        """Whether this field is, or holds, an image."""
+        return self.kind == "image" or any(f.has_image for _, f in self.parts)
 
     def encode(self, name: str, x: Any) -> tuple[np.ndarray, tuple[int, ...]]:
-        """Rows of shape (N, width) and the leading shape they came from (``x.shape`` minus one value's shape)."""
+        """Rows of shape (N, width) and the leading shape they came from (``x.shape`` minus one value's shape).
+
+        A ``dict`` takes a mapping key -> array, a ``tuple`` a sequence of arrays, each with the same leading shape.
+        """
+        if self.kind in ("dict", "tuple"):
+            return self._encode_parts(name, x)
         x = np.asarray(x)
         if self.kind == "discrete":
-            if x.dtype.kind not in "iub" and not (x.dtype.kind == "f" and np.all(np.mod(x, 1) == 0)):
-                raise ConfigError(f"{name}: expected integers for a Discrete({self.n}) space, got dtype {x.dtype}")
-            index = x.astype(np.int64).reshape(-1) - self.start
+            index = _integers(name, x, f"Discrete({self.n})").reshape(-1) - self.start
             if len(index) and (index.min() < 0 or index.max() >= self.n):
                 raise ConfigError(f"{name}: values outside Discrete({self.n}, start={self.start})")
             rows = np.zeros((len(index), self.n), dtype=np.float32)
             rows[np.arange(len(index)), index] = 1.0
             return rows, x.shape
-        k = len(self.shape)
-        if x.shape[x.ndim - k :] != self.shape or x.ndim < k:
-            raise ConfigError(f"{name}: expected values of shape {self.shape}, got an array of shape {x.shape}")
-        lead = x.shape[: x.ndim - k]
+        if self.kind == "image":
+            raise ConfigError(f"{name}: images are not encoded for the reward model (read factors instead)")
+        lead = self._lead(name, x)
+        if self.kind == "multi_discrete":
+            nvec = np.array(self.nvec, dtype=np.int64)
+            index = _integers(name, x, f"MultiDiscrete({list(self.nvec)})").reshape(-1, len(nvec)) - self.starts
+            if index.size and ((index < 0) | (index >= nvec)).any():
+                raise ConfigError(f"{name}: values outside MultiDiscrete({list(self.nvec)}, start={list(self.starts)})")
+            offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]])
+            rows = np.zeros((len(index), self.width), dtype=np.float32)
+            rows[np.arange(len(index))[:, None], offsets + index] = 1.0
+            return rows, lead
+        if self.kind == "multi_binary" and not ((x == 0) | (x == 1)).all():
+            raise ConfigError(f"{name}: a MultiBinary{self.shape} value holds something other than 0 and 1")
         return x.astype(np.float32, copy=False).reshape(-1, self.width), lead
+
+    def _lead(self, name: str, x: np.ndarray) -> tuple[int, ...]:
+        """The leading shape of ``x``, whose trailing axes must be :attr:`shape`."""
+        k = len(self.shape)
+        if x.ndim < k or x.shape[x.ndim - k :] != self.shape:
+            raise ConfigError(f"{name}: expected values of shape {self.shape}, got an array of shape {x.shape}")
+        return x.shape[: x.ndim - k]
+
+    def _encode_parts(self, name: str, x: Any) -> tuple[np.ndarray, tuple[int, ...]]:
+        """A ``dict`` or ``tuple`` value: every part encoded, side by side in :attr:`parts` order."""
+        if self.kind == "dict" and not isinstance(x, Mapping):
+            raise ConfigError(f"{name}: expected a dict of arrays for a Dict space, got {type(x).__name__}")
+        if self.kind == "tuple" and (not isinstance(x, Sequence) or len(x) != len(self.parts)):
+            raise ConfigError(f"{name}: expected a sequence of {len(self.parts)} arrays for a Tuple space")
+        blocks = []
+        for key, field in self.parts:
+            if self.kind == "dict" and key not in x:
+                raise ConfigError(f"{name}: key {key!r} is missing (expected {', '.join(k for k, _ in self.parts)})")
+            blocks.append(field.encode(f"{name}.{key}", x[key] if self.kind == "dict" else x[int(key)]))
+        lead = blocks[0][1]
+        for (key, _), (_, shape) in zip(self.parts, blocks, strict=True):
+            if shape != lead:
+                raise ConfigError(f"{name}.{key}: leading shape {shape} does not match the other parts' {lead}")
+        return np.concatenate([rows for rows, _ in blocks], axis=1), lead
 
     def as_json(self) -> dict[str, Any]:
         if self.kind == "discrete":
             return {"kind": "discrete", "n": self.n, "start": self.start}
-        return {"kind": "box", "shape": list(self.shape)}
+        if self.kind == "multi_discrete":
+            return {"kind": self.kind, "shape": list(self.shape), "nvec": list(self.nvec), "starts": list(self.starts)}
+        if self.kind in ("dict", "tuple"):
+            return {"kind": self.kind, "parts": [[k, f.as_json()] for k, f in self.parts]}
+        return {"kind": self.kind, "shape": list(self.shape)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Field:
-        if data.get("kind") == "discrete":
+        kind = data.get("kind")
+        if kind == "discrete":
             return cls("discrete", (), int(data["n"]), int(data.get("start", 0)))
-        if data.get("kind") == "box":
-            return cls("box", tuple(int(s) for s in data["shape"]))
-        raise ConfigError(f"unknown feature kind {data.get('kind')!r}")
+        if kind == "multi_discrete":
+            nvec, starts = tuple(int(v) for v in data["nvec"]), tuple(int(v) for v in data["starts"])
+            return cls(kind, tuple(int(s) for s in data["shape"]), nvec=nvec, starts=starts)
+        if kind in ("dict", "tuple"):
+            return cls(kind, parts=tuple((str(k), cls.from_json(f)) for k, f in data["parts"]))
+        if kind in KINDS:
+            return cls(kind, tuple(int(s) for s in data["shape"]))
+        raise ConfigError(f"unknown feature kind {kind!r}")
+
+
+def _integers(name: str, x: np.ndarray, space: str) -> np.ndarray:
+    """``x`` as int64, refused unless it holds whole numbers."""
+    if x.dtype.kind not in "iub" and not (x.dtype.kind == "f" and np.all(np.mod(x, 1) == 0)):
+        raise ConfigError(f"{name}: expected integers for a {space} space, got dtype {x.dtype}")
+    return x.astype(np.int64)
+
+
+def is_image(space: Any) -> bool:
+    """Whether a Gymnasium space is an image as SB3 sees one (``is_image_space``): a Box of uint8
+    in [0, 255] with three axes, (H, W, C) or (C, H, W)."""
+    from gymnasium import spaces
+
+    return (
+        isinstance(space, spaces.Box)
+        and len(space.shape) == 3
+        and space.dtype == np.uint8
+        and bool(np.all(space.low == 0) and np.all(space.high == 255))
+    )
 
 
 def space_field(space: Any, what: str) -> Field:
-    """The :class:`Field` of a Gymnasium space (Box or Discrete)."""
+    """The :class:`Field` of a Gymnasium space: Box (an image if :func:`is_image`), Discrete,
+    MultiDiscrete, MultiBinary, and Dict or Tuple of those (nested too)."""
     from gymnasium import spaces
 
     if isinstance(space, spaces.Discrete):
         return Field("discrete", (), int(space.n), int(space.start))
     if isinstance(space, spaces.Box):
-        return Field("box", tuple(int(s) for s in space.shape))
-    raise ConfigError(f"{what} space: {type(space).__name__} is not supported (use Box or Discrete)")
+        return Field("image" if is_image(space) else "box", tuple(int(s) for s in space.shape))
+    if isinstance(space, spaces.MultiDiscrete):
+        nvec, starts = tuple(map(int, space.nvec.reshape(-1))), tuple(map(int, np.asarray(space.start).reshape(-1)))
+        return Field("multi_discrete", tuple(int(s) for s in space.shape), nvec=nvec, starts=starts)
+    if isinstance(space, spaces.MultiBinary):
+        return Field("multi_binary", tuple(int(s) for s in space.shape))
+    if isinstance(space, spaces.Dict | spaces.Tuple):
+        if not space.spaces:
+            raise ConfigError(f"{what} space: an empty {type(space).__name__} has nothing to encode")
+        if isinstance(space, spaces.Dict):
+            keys = sorted(space.spaces)
+            return Field("dict", parts=tuple((str(k), space_field(space.spaces[k], f"{what}.{k}")) for k in keys))
+        return Field("tuple", parts=tuple((str(i), space_field(s, f"{what}.{i}")) for i, s in enumerate(space.spaces)))
+    raise ConfigError(
+        f"{what} space: {type(space).__name__} is not supported "
+        "(use Box, Discrete, MultiDiscrete, MultiBinary, or a Dict or Tuple of them)"
+    )
 
 
 @dataclass(frozen=True)
 class Encoding:
     """The reward model's inputs: which fields, in which order, each encoded how.
 
-    :param inputs: the fields a feature row is made of, in order (any of obs, action, next_obs, factors).
+    :param inputs: the fields a feature row is made of, in order (any of obs, action, next_obs, factors);
+        a field that is or holds an image cannot be one (:class:`ConfigError`).
     :param obs: the observation field (also used for next_obs).
     :param action: the action field.
     :param factors: factor names, in the column order of the factor matrix.
@@ -95,6 +211,14 @@ class Encoding:
     obs: Field
     action: Field
     factors: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        images = [k for k in self.inputs if k != "factors" and self.field(k).has_image]
+        if images:
+            raise ConfigError(
+                f"reward_model.inputs: {images[0]} holds images, which the reward model does not read "
+                "(it is an MLP, with no CNN); use inputs: [factors] (or [action, factors])"
+            )
 
     @classmethod
     def from_spaces(
@@ -145,7 +269,7 @@ class Encoding:
             if lead is not None and shape != lead:
                 raise ConfigError(f"{name}: leading shape {shape} does not match the other inputs' {lead}")
             out[name], lead = rows, shape
-        return out, lead or (0,)
+        return out, lead if lead is not None else (0,)
 
     def rows(self, encoded: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Feature rows (N, dim): the encoded inputs side by side, in :attr:`inputs` order; and which

@@ -73,8 +73,10 @@ class HeronLoop:
     order, or a dict name -> array.
 
     :param hierarchy: the ranking, most important first (a :class:`Hierarchy` or a list of factors).
-    :param observation_space: the Gymnasium space of an observation (Box or Discrete).
-    :param action_space: the Gymnasium space of an action (Box or Discrete).
+    :param observation_space: the Gymnasium space of an observation: Box, Discrete, MultiDiscrete,
+        MultiBinary, or a Dict or Tuple of them (see :mod:`heron.features`); with images, the
+        reward model reads ``factors`` (and may read actions) and the pool stores no frame.
+    :param action_space: the Gymnasium space of an action (the same kinds).
     :param method: ``heron`` (the ranking's decision tree labels pairs) or ``flat-preference``
         (the weighted sum of the factors labels them).
     :param weights: ``{factor: weight}`` for ``flat-preference`` (default 1; a ``min`` factor counts negatively).
@@ -140,7 +142,8 @@ class HeronLoop:
     def observe(self, *, obs: Any, action: Any, factors: Any, dones: Any, next_obs: Any = None) -> None:
         """Append consecutive steps to the pool.
 
-        :param obs: observations before each step, shape (T, [n_envs,] *obs_shape).
+        :param obs: observations before each step, shape (T, [n_envs,] *obs_shape); for a Dict
+            space a dict of such arrays (a Tuple space: a tuple).
         :param action: the actions the env was given, shape (T, [n_envs,] *action_shape).
         :param factors: the factors each step reported, (T, [n_envs,] K) or ``{name: (T, [n_envs])}``.
         :param dones: whether each step ended its episode, (T, [n_envs]).

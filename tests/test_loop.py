@@ -149,8 +149,8 @@ def test_factors_as_a_dict_and_bad_inputs() -> None:
         heron.HeronLoop(HIERARCHY, spaces.Discrete(2), spaces.Discrete(3), method="ground-truth")
     with pytest.raises(heron.ConfigError, match=r"comparison\.unit"):
         heron.HeronLoop(HIERARCHY, spaces.Discrete(2), spaces.Discrete(3), comparison={"unit": "decade"})
-    with pytest.raises(heron.ConfigError, match="observation space: MultiBinary"):
-        heron.HeronLoop(HIERARCHY, spaces.MultiBinary(2), spaces.Discrete(3))
+    with pytest.raises(heron.ConfigError, match="observation space: Text"):
+        heron.HeronLoop(HIERARCHY, spaces.Text(4), spaces.Discrete(3))
 
 
 def test_the_loop_imports_nothing_of_sb3() -> None:

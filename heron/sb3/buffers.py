@@ -5,10 +5,14 @@ dones and terminal observations are staged per step; the whole rollout goes to t
 end, its rewards are computed in one batch and returns and advantages recomputed. Off-policy (SAC,
 TD3, DDPG, DQN): each step goes to the loop as it happens; at each rollout end the newest replay
 rows get the learned reward, and after a refit every row does (relabeling).
+
+For a Dict observation space SB3 keeps observations as a dict of arrays (``DictRolloutBuffer``,
+``DictReplayBuffer``); they are read back key by key, still one array operation per key.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,9 +29,28 @@ def _terminals(local: dict[str, Any]) -> list[tuple[int, np.ndarray]]:
     return [(i, terminal) for i, terminal in found if terminal is not None]
 
 
-def _shaped(space: spaces.Space, x: np.ndarray, lead: tuple[int, ...]) -> np.ndarray:
-    """Buffer contents as values of the space with leading axes ``lead`` (SB3 stores a Discrete as (..., 1))."""
+def _shaped(space: spaces.Space, x: Any, lead: tuple[int, ...]) -> Any:
+    """Buffer contents as values of the space with leading axes ``lead`` (SB3 stores a Discrete as
+    (..., 1)); for a Dict space, a dict of such arrays."""
+    if isinstance(space, spaces.Dict):
+        return {k: _shaped(sub, x[k], lead) for k, sub in space.spaces.items()}
     return np.asarray(x).reshape(*lead, *(space.shape or ()))
+
+
+def _per_key(fn: Callable[..., np.ndarray], first: Any, *rest: Any) -> Any:
+    """``fn`` of arrays, or of each key's arrays when the observations are dicts (a Dict space)."""
+    if isinstance(first, Mapping):
+        return {k: fn(first[k], *(r[k] for r in rest)) for k in first}
+    return fn(first, *rest)
+
+
+def _put(target: Any, where: tuple[int, ...], value: Any) -> None:
+    """``target[where] = value`` for an observation array, or key by key for a dict of them."""
+    if isinstance(target, Mapping):
+        for k in target:
+            target[k][where] = value[k]
+    else:
+        target[where] = value
 
 
 class OnPolicyAdapter:
@@ -68,9 +91,13 @@ class OnPolicyAdapter:
                 actions = np.clip(actions, space.low, space.high)
         next_obs = None
         if "next_obs" in self.loop.pool.fields:
-            next_obs = np.concatenate([buffer.observations[1:], np.asarray(local["new_obs"])[None]]).astype(np.float32)
+            next_obs = _per_key(
+                lambda seen, new: np.concatenate([seen[1:], np.reshape(new, (1, *seen.shape[1:]))]).astype(np.float32),
+                buffer.observations,
+                local["new_obs"],
+            )
             for (t, i), terminal in self.terminals.items():
-                next_obs[t, i] = terminal
+                _put(next_obs, (t, i), terminal)
             next_obs = _shaped(self.model.observation_space, next_obs, lead)
         self.loop.observe(
             obs=_shaped(self.model.observation_space, buffer.observations, lead),
@@ -111,12 +138,12 @@ class OffPolicyAdapter:
         # and the step is not in the replay buffer yet.
         next_obs = None
         if "next_obs" in self.loop.pool.fields:
-            next_obs = np.array(local["new_obs"], dtype=np.float32, copy=True)
+            next_obs = _per_key(lambda new: np.array(new, dtype=np.float32, copy=True), local["new_obs"])
             for i, terminal in _terminals(local):
-                next_obs[i] = terminal
+                _put(next_obs, (i,), terminal)
         n = self.buffer.n_envs
         self.loop.observe(
-            obs=_shaped(self.model.observation_space, self.model._last_obs, (1, n)),  # type: ignore[arg-type]
+            obs=_shaped(self.model.observation_space, self.model._last_obs, (1, n)),
             action=_shaped(self.model.action_space, local["actions"], (1, n)),
             next_obs=None if next_obs is None else _shaped(self.model.observation_space, next_obs, (1, n)),
             factors=factors[None],
@@ -143,12 +170,12 @@ class OffPolicyAdapter:
         if isinstance(self.model.action_space, spaces.Box):  # the buffer keeps actions scaled to [-1, 1]
             actions = self.model.policy.unscale_action(actions.reshape(upto * buffer.n_envs, -1))
         obs_space = self.model.observation_space
-        if buffer.optimize_memory_usage:
+        if buffer.optimize_memory_usage:  # never for a Dict space (SB3 does not support it there)
             next_obs = buffer.observations[(np.arange(upto) + 1) % buffer.buffer_size]
         else:
-            next_obs = buffer.next_observations[:upto]
+            next_obs = _per_key(lambda seen: seen[:upto], buffer.next_observations)
         buffer.rewards[:upto] = self.loop.reward(
-            obs=_shaped(obs_space, buffer.observations[:upto], lead),
+            obs=_shaped(obs_space, _per_key(lambda seen: seen[:upto], buffer.observations), lead),
             action=_shaped(self.model.action_space, actions, lead),
             next_obs=_shaped(obs_space, next_obs, lead) if "next_obs" in self.loop.encoding.inputs else None,
             factors=None if self.replay_factors is None else self.replay_factors[:upto],

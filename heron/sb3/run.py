@@ -30,7 +30,7 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from heron import checkpoints, report
-from heron.config import RunConfig, from_hierarchy, read_yaml, to_hierarchy, validate
+from heron.config import RunConfig, from_hierarchy, nonfinite_path, read_yaml, to_hierarchy, validate
 from heron.envs import REGISTRY, make_env
 from heron.errors import ConfigError
 from heron.factors import env_name, probe_factor_names
@@ -137,18 +137,6 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
 }
 
 
-def _nonfinite(value: Any, where: str) -> str | None:
-    """The path of the first non-finite float inside ``value`` (nested lists and dicts), or None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return where
-    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list | tuple) else ()
-    for key, inner in items:
-        found = _nonfinite(inner, f"{where}.{key}")
-        if found is not None:
-            return found
-    return None
-
-
 def check_algorithm_kwargs(algorithm: type[BaseAlgorithm], kwargs: dict[str, Any]) -> dict[str, Any]:
     """``algorithm_kwargs`` checked against the algorithm's own signature: types, finite numbers, ranges.
 
@@ -166,7 +154,7 @@ def check_algorithm_kwargs(algorithm: type[BaseAlgorithm], kwargs: dict[str, Any
     checked = {}
     for name, value in kwargs.items():
         where = f"algorithm_kwargs.{name}"
-        bad = _nonfinite(value, where)
+        bad = nonfinite_path(value, where)
         if bad is not None:
             raise ConfigError(f"{bad}: must be a finite number, got {value!r}")
         parameter = parameters.get(name)

@@ -62,11 +62,17 @@ def load_algorithm(model: BaseAlgorithm, path: Path, counters: dict[str, Any]) -
         setattr(model, name, float(value) if name == "exploration_rate" else int(value))
 
 
+def _arrays(buffer: ReplayBuffer, name: str) -> dict[str, np.ndarray]:
+    """One of the buffer's arrays by name; a Dict observation's arrays (DictReplayBuffer) as ``name/key``."""
+    value = getattr(buffer, name)
+    return {f"{name}/{k}": v for k, v in value.items()} if isinstance(value, dict) else {name: value}
+
+
 def save_replay(model: BaseAlgorithm, path: Path, extra: dict[str, np.ndarray] | None = None) -> None:
     """The replay buffer's filled rows (and any ``extra`` per-row arrays) as an ``.npz``."""
     buffer = _replay(model)
     upto = buffer.buffer_size if buffer.full else buffer.pos
-    arrays = {k: getattr(buffer, k)[:upto] for k in REPLAY_ARRAYS if hasattr(buffer, k)}
+    arrays = {name: a[:upto] for k in REPLAY_ARRAYS if hasattr(buffer, k) for name, a in _arrays(buffer, k).items()}
     arrays |= {f"extra/{k}": v[:upto] for k, v in (extra or {}).items()}
     arrays["position"] = np.array([buffer.pos, int(buffer.full)], dtype=np.int64)
     save_arrays(path, arrays)
@@ -82,7 +88,7 @@ def load_replay(model: BaseAlgorithm, path: Path, extra: dict[str, np.ndarray] |
     upto = buffer.buffer_size if full else pos
     if not 0 <= pos < buffer.buffer_size:
         raise ConfigError(f"{path}: replay position {pos} does not fit a buffer of {buffer.buffer_size}")
-    targets = {k: getattr(buffer, k) for k in REPLAY_ARRAYS if hasattr(buffer, k)}
+    targets = {name: a for k in REPLAY_ARRAYS if hasattr(buffer, k) for name, a in _arrays(buffer, k).items()}
     targets |= {f"extra/{k}": v for k, v in (extra or {}).items()}
     for name, target in targets.items():
         source = arrays.get(name)
