@@ -55,7 +55,7 @@ def _one_line(result: Any) -> str:
         ({"algorithm_kwargs": {"n_epochs": "ten"}}, r"algorithm_kwargs\.n_epochs: expected int, got 'ten'"),
         ({"algorithm_kwargs": {"n_epochs": True}}, r"algorithm_kwargs\.n_epochs: expected"),
         ({"algorithm_kwargs": {"policy_kwargs": {"net_arch": [1.5]}}}, r"algorithm_kwargs: ppo rejected them"),
-        ({"algorithm_kwargs": {"policy_kwargs": {"x": [math.inf]}}}, r"algorithm_kwargs: policy_kwargs\.x\.0: must be a finite"),
+        ({"algorithm_kwargs": {"policy_kwargs": {"x": [math.inf]}}}, r"policy_kwargs\.x\.0: must be a finite"),
         ({"algorithm_kwargs": {"policy_kwargs": {"net_arch": [10**6] * 3}}}, r"policy_kwargs: needs about"),
         ({"reward_model": {"hidden": [10**6, 10**6]}}, r"reward_model: needs about 14\.7 TiB of memory"),
         ({"reward_model": {"ensemble": 10**8}}, r"reward_model: needs about .* x ensemble 100000000"),

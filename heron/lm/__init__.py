@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from heron.lm.pairs import PairReport, Pairs, pairs_from_ratings, parse_hierarchy, read_ratings
     from heron.lm.ratings import ResponseScore, generate_ratings, parse_task, save_ratings, score_response
+    from heron.lm.train import LMTrainConfig, LMTrainResult, train_lm
 
 _LAZY = {
     "PairReport": "heron.lm.pairs",
@@ -27,9 +28,14 @@ _LAZY = {
     "parse_task": "heron.lm.ratings",
     "save_ratings": "heron.lm.ratings",
     "score_response": "heron.lm.ratings",
+    "LMTrainConfig": "heron.lm.train",
+    "LMTrainResult": "heron.lm.train",
+    "train_lm": "heron.lm.train",
 }
 
 __all__ = [
+    "LMTrainConfig",
+    "LMTrainResult",
     "PairReport",
     "Pairs",
     "ResponseScore",
@@ -40,6 +46,7 @@ __all__ = [
     "read_ratings",
     "save_ratings",
     "score_response",
+    "train_lm",
 ]
 
 

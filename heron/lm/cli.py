@@ -1,4 +1,5 @@
-"""``heron lm``: preference pairs from rating files, and the synthetic HelpSteer-schema rating set.
+"""``heron lm``: preference pairs from rating files, the synthetic HelpSteer-schema rating set, and
+reward models / DPO trained on those pairs with trl.
 
 A typer sub-app mounted by ``heron.cli``. Like the main app, each command imports what it needs
 itself and reports bad input as one ``error: ...`` line with exit code 2.
@@ -18,7 +19,7 @@ from heron.errors import ConfigError
 F = TypeVar("F", bound=Callable[..., Any])
 
 lm_app = typer.Typer(
-    help="Language-model alignment data: preference pairs from multi-attribute ratings (HelpSteer).",
+    help="Language-model alignment: preference pairs from multi-attribute ratings (HelpSteer), trained on with trl.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -94,3 +95,39 @@ def generate(
     rows = generate_ratings(prompts, responses=responses, seed=seed, noise=noise)
     save_ratings(rows, out)
     console.print(f"wrote {len(rows)} rated responses to {prompts} prompts to {out}")
+
+
+@lm_app.command()
+@_one_line_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config of the run (see docs/lm.md).", show_default=False)],
+    method: Annotated[
+        str | None, typer.Option(help="heron, weighted-sum, helpfulness or flat-preference (overrides the config).")
+    ] = None,
+    trainer: Annotated[str | None, typer.Option(help="reward or dpo (overrides the config).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (overrides the config).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show trl's progress bar.")] = True,
+) -> None:
+    """Train a reward model or a DPO policy with trl on pairs labeled by the method; evaluate on held-out prompts."""
+    from heron.cli import console
+    from heron.config import read_yaml
+    from heron.lm.train import train_lm, validate
+
+    data = read_yaml(config)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config}: expected a mapping of settings, got {type(data).__name__}")
+    overrides = {"method": method, "trainer": trainer, "seed": seed, "out": None if out is None else str(out)}
+    data.update({key: value for key, value in overrides.items() if value is not None})
+    settings = validate(data, str(config))
+    result = train_lm(settings, progress=progress)
+    console.print(result.metrics["train_pairs"], soft_wrap=True)
+    console.print(f"held-out accuracy ({settings.trainer}, trained on {result.metrics['trained_on']} labels):")
+    for row in result.accuracy:
+        mark = "  <- trained on" if row["trained_on"] else ""
+        value = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
+        console.print(f"  {row['labels']:<20} {value:>5}  ({row['pairs']} pairs){mark}")
+    corr = result.metrics["score_length_corr"]
+    if corr is not None:
+        console.print(f"held-out score vs response length in words: correlation {corr:.2f}")
+    console.print(f"wrote {result.out}/metrics.json, accuracy.csv, model/")
