@@ -145,6 +145,34 @@ def train(
         f"final ground-truth return {last['return_mean']:.1f} ± {last['return_std']:.1f} "
         f"after {int(last['step'])} steps; run files in {result.run_dir}"
     )
+    if result.loop is not None:
+        from heron.advisor import advise_loop, flag_line
+
+        line = flag_line(advise_loop(result.loop))
+        if line is not None:
+            console.print(f"{line} (margins: `heron inspect {result.run_dir}`)", soft_wrap=True, markup=False)
+
+
+@app.command()
+@_one_line_errors
+def inspect(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory of `heron train` or `heron compare`.")],
+    target_share: Annotated[
+        float,
+        typer.Option(help="Share of the pairs reaching a level that its suggested margin leaves to the levels below."),
+    ] = 0.5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """The ranking advisor: the share of pairs each level decides, flags, and margins that let every level speak."""
+    from heron.advisor import inspect_run, render
+
+    inspection = inspect_run(run_dir, target_share)
+    if as_json:
+        import json
+
+        print(json.dumps(inspection.as_json(), indent=2))
+        return
+    render(inspection, console)
 
 
 @app.command()
@@ -158,7 +186,7 @@ def demo(
     """Train heron, weighted-sum (equal weights) and ground-truth on Pendulum and compare them."""
     from rich.table import Table
 
-    from heron.demo import DEMO_ENV, DEMO_METHODS, run_demo
+    from heron.demo import DEMO_ENV, DEMO_METHODS, demo_ranking, run_demo
 
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"out: {out} is not empty (pass --out to choose another directory)")
@@ -184,6 +212,12 @@ def demo(
             f"{row.wall_clock_s:.1f} s",
         )
     _print_wide(table)
+    learned = next((row for row in rows if row.decided), None)
+    if learned is not None:
+        shares = ", ".join(f"{name} {share:.0%}" for name, share in learned.decided.items())
+        console.print(
+            f"{learned.method}'s ranking: {demo_ranking()}; pairs decided per level at the last refit: {shares}"
+        )
     console.print(f"plot: {plot}")
 
 

@@ -234,5 +234,8 @@ def test_demo_prints_table_and_writes_plot(tmp_path: Path) -> None:
         assert method in result.stdout
         assert (out / method / "metrics.csv").exists()
     assert (out / "demo.png").stat().st_size > 0
+    printed = " ".join(result.stdout.split())
+    assert "heron's ranking: angle (0.1 std) > angular_velocity (0.1 std) > torque" in printed
+    assert "pairs decided per level at the last refit: angle " in printed
     again = runner.invoke(app, ["demo", "--out", str(out), "--no-progress"])
     assert again.exit_code == 2 and "not empty" in again.stderr

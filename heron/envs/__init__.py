@@ -116,7 +116,9 @@ register(
     EnvInfo(
         id="heron/Pendulum-v1",
         factors=("angle", "angular_velocity", "torque"),
-        hierarchy=Hierarchy([Factor("angle", "min"), Factor("angular_velocity", "min"), Factor("torque", "min")]),
+        hierarchy=Hierarchy(  # margins from `heron inspect`: at zero margins angle decides every pair
+            [Factor("angle", "min", 0.1, "std"), Factor("angular_velocity", "min", 0.1, "std"), Factor("torque", "min")]
+        ),
         entry_point="heron.envs.classic:make_pendulum",
         description="Pendulum swing-up; env reward -(angle + 0.1 angular_velocity + 0.001 torque)",
         algorithm_defaults={
