@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from heron.envs import MO_PREFIX
 from heron.errors import ConfigError
 from heron.hierarchy import Factor, Hierarchy
 
@@ -143,6 +144,35 @@ class RunConfig(_Strict):
     checkpoint_every: int = Field(0, ge=0, strict=True)
     env_kwargs: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _objectives(cls, data: Any) -> Any:
+        """``objectives`` and ``utility`` of a vector-reward env are its settings: they move into ``env_kwargs``
+        (where the resolved config records them), and without a ``hierarchy`` the objectives, in the order
+        given, become the ranking, each maximized (MO-Gymnasium's convention)."""
+        if not isinstance(data, dict) or not {"objectives", "utility"} & data.keys():
+            return data
+        env, env_kwargs = data.get("env"), data.get("env_kwargs") or {}
+        if not (isinstance(env, str) and env.startswith(MO_PREFIX)):
+            raise ValueError(f"objectives, utility: only for a vector-reward env (env: {MO_PREFIX}<id>)")
+        if not isinstance(env_kwargs, dict):
+            return data  # env_kwargs' own error names it
+        data = dict(data)
+        moved = {k: data.pop(k) for k in ("objectives", "utility") if k in data}
+        for key in moved:
+            if key in env_kwargs:
+                raise ValueError(f"{key}: given both at the top and in env_kwargs")
+        objectives = moved.get("objectives")
+        if not (objectives is None or (isinstance(objectives, list) and all(isinstance(o, str) for o in objectives))):
+            raise ValueError(f"objectives: expected a list of names, got {objectives!r}")
+        utility = moved.get("utility")
+        if not (utility is None or (isinstance(utility, list) and all(_number(w) for w in utility))):
+            raise ValueError(f"utility: expected a list of weights, one per objective, got {utility!r}")
+        data["env_kwargs"] = {**env_kwargs, **moved}
+        if data.get("hierarchy") is None and objectives:
+            data["hierarchy"] = [{"name": o, "direction": "max"} for o in objectives]
+        return data
+
     @field_validator("algorithm")
     @classmethod
     def _algorithm(cls, v: str) -> str:
@@ -177,6 +207,10 @@ class RunConfig(_Strict):
         if self.hierarchy is not None:
             to_hierarchy(self.hierarchy)
         return self
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def nonfinite_path(value: Any, where: str = "") -> str | None:

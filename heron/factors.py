@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
 
-from heron.envs import make_env
+from heron.envs import MO_PREFIX, make_env
 from heron.errors import ConfigError, FactorError
 
 FactorFn = Callable[[Any, Any, Any, SupportsFloat, dict[str, Any]], float]
@@ -110,26 +110,148 @@ def env_name(env: gym.Env) -> str:
     return spec.id if spec is not None else type(env.unwrapped).__name__
 
 
-def factorize(env_or_id: gym.Env | str, **make_kwargs: Any) -> RewardInfoFactors:
-    """Make any env that reports ``reward_*`` components in its info a factorized env.
+Utility = Sequence[float] | Callable[[np.ndarray], float]
+"""How a vector reward becomes the scalar env reward: weights (a dot product) or ``fn(vector) -> float``."""
+
+
+def reward_space(env: gym.Env) -> gym.spaces.Box | None:
+    """The vector-reward space of an MO-Gymnasium env (``env.unwrapped.reward_space``), or None."""
+    space = getattr(env.unwrapped, "reward_space", None)
+    return space if isinstance(space, gym.spaces.Box) and len(space.shape) == 1 else None
+
+
+class ObjectiveFactors(gym.Wrapper):
+    """Makes a vector-reward (MO-Gymnasium) env a factorized env: objective ``i`` is a factor.
+
+    Each step, component ``i`` of the vector reward goes to ``info["factors"][objectives[i]]`` (every
+    objective, ranked or not), and the env reward becomes one number: the ``utility`` of the vector,
+    or the sum of its components when no utility is given (MO-Gymnasium's ``LinearReward`` default).
+    Factors the env already reports in ``info["factors"]`` are kept; an objective wins over one of
+    the same name.
+
+    :param env: an env with a 1-D ``Box`` ``reward_space`` whose step reward is a vector.
+    :param objectives: a name per component, in order (default ``obj0``, ``obj1``, ...).
+    :param utility: weights, one per objective, or a callable on the vector returning a float.
+    :param name: how errors name the env (default: its Gymnasium id, else its class name).
+    :raises ConfigError: for a wrong number of names or weights, a name given twice, a bad utility.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        objectives: Sequence[str] | None = None,
+        utility: Utility | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(env)
+        self.name = name or env_name(env)
+        space = reward_space(env)
+        if space is None:
+            raise ConfigError(f"objectives: env {self.name} has no vector reward_space (not a multi-objective env)")
+        size = int(space.shape[0])
+        if objectives is None:
+            objectives = [f"obj{i}" for i in range(size)]
+        if isinstance(objectives, str) or not all(isinstance(o, str) and o for o in objectives):
+            raise ConfigError(f"objectives: expected a list of non-empty names, got {objectives!r}")
+        if len(objectives) != size:
+            raise ConfigError(
+                f"objectives: env {self.name} has a reward space of size {size}, got {len(objectives)} names"
+            )
+        if len(set(objectives)) != len(objectives):
+            raise ConfigError(f"objectives: a name is given twice in {list(objectives)}")
+        self.objectives: tuple[str, ...] = tuple(objectives)
+        self._weights: np.ndarray | None = None
+        self._utility: Callable[[np.ndarray], float] | None = None
+        if callable(utility):
+            self._utility = utility
+        elif utility is not None:
+            try:
+                weights = np.asarray(utility, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ConfigError(f"utility: expected weights or a callable, got {utility!r}") from None
+            if weights.shape != (size,) or not np.all(np.isfinite(weights)):
+                raise ConfigError(
+                    f"utility: expected {size} finite weights (one per objective of env {self.name}), got {utility!r}"
+                )
+            self._weights = weights
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        vector = np.asarray(reward, dtype=np.float64).reshape(-1)
+        if vector.shape != (len(self.objectives),):
+            raise FactorError(
+                f"env {self.name} returned a reward of shape {np.asarray(reward).shape}, not one value per objective"
+                f" ({len(self.objectives)})"
+            )
+        info = dict(info)
+        # One entry per index, read in the comprehension itself: each factor is its own component.
+        info["factors"] = {**info.get("factors", {}), **{o: float(vector[i]) for i, o in enumerate(self.objectives)}}
+        if self._utility is not None:
+            value = self._utility(vector.copy())
+            try:
+                scalar = float(value)
+            except (TypeError, ValueError):
+                raise FactorError(f"utility of env {self.name} returned {value!r}, not a number") from None
+        elif self._weights is not None:
+            scalar = float(self._weights @ vector)
+        else:
+            scalar = float(vector.sum())
+        return obs, scalar, terminated, truncated, info
+
+
+def objectives_of(env: gym.Env) -> tuple[str, ...]:
+    """The objective names of an env made by :func:`factorize` from a vector-reward env (else empty)."""
+    while True:
+        if isinstance(env, ObjectiveFactors):
+            return env.objectives
+        if not isinstance(env, gym.Wrapper):
+            return ()
+        env = env.env
+
+
+def factorize(
+    env_or_id: gym.Env | str,
+    objectives: Sequence[str] | None = None,
+    utility: Utility | None = None,
+    **make_kwargs: Any,
+) -> gym.Wrapper:
+    """Make an env a factorized env: from the ``reward_*`` components of its info, or from its vector reward.
 
     Works with Gymnasium's MuJoCo envs as they are (``Walker2d-v5`` reports factors ``forward``,
     ``survive`` and ``ctrl``; ``reward_ctrl`` is negative, so the factors sum to the env reward)
     and with your own envs that follow the same convention. Rank the factors with the sign they
     are reported with: ``Factor("ctrl", "max")`` prefers a smaller control cost.
 
-    :param env_or_id: a ``gymnasium.Env`` or a Gymnasium env id.
-    :param make_kwargs: passed to ``gymnasium.make`` when ``env_or_id`` is an id.
-    :returns: the env wrapped in :class:`RewardInfoFactors`.
-    :raises ConfigError: for an unknown id, kwargs given with an env, or a missing dependency.
+    A multi-objective env (MO-Gymnasium's, or any env with a vector ``reward_space``; an id
+    ``mo-gymnasium:<id>`` is made with ``mo_gymnasium.make``) gets one factor per objective and a
+    scalar reward, its utility (see :class:`ObjectiveFactors`).
+
+    :param env_or_id: a ``gymnasium.Env``, a Gymnasium env id or ``mo-gymnasium:<id>``.
+    :param objectives: names of a vector reward's components, in order (default ``obj0``, ...).
+    :param utility: a vector reward's scalar: weights, or ``fn(vector) -> float`` (default: the sum).
+    :param make_kwargs: passed to ``gymnasium.make`` (or ``mo_gymnasium.make``) when ``env_or_id`` is an id.
+    :returns: the env wrapped in :class:`RewardInfoFactors`, or :class:`ObjectiveFactors` for a vector reward.
+    :raises ConfigError: for an unknown id, kwargs given with an env, a missing dependency, or
+        objectives that do not fit the reward space.
     """
     if isinstance(env_or_id, str):
-        return RewardInfoFactors(make_env(env_or_id, **make_kwargs), env_or_id)
-    if make_kwargs:
+        if env_or_id.startswith(MO_PREFIX):  # make_env wraps it in ObjectiveFactors
+            env = make_env(env_or_id, objectives=objectives, utility=utility, **make_kwargs)
+            assert isinstance(env, ObjectiveFactors)
+            return env
+        env = make_env(env_or_id, **make_kwargs)
+    elif make_kwargs:
         raise ConfigError(f"factorize: make kwargs ({', '.join(make_kwargs)}) only apply to an env id")
-    if not isinstance(env_or_id, gym.Env):
+    elif not isinstance(env_or_id, gym.Env):
         raise ConfigError(f"factorize: expected a gymnasium.Env or an env id, got {type(env_or_id).__name__}")
-    return RewardInfoFactors(env_or_id)
+    else:
+        env = env_or_id
+    name = env_or_id if isinstance(env_or_id, str) else None
+    if reward_space(env) is not None:
+        return ObjectiveFactors(env, objectives, utility, name)
+    if objectives is not None or utility is not None:
+        raise ConfigError(f"objectives, utility: env {name or env_name(env)} has a scalar reward (no reward_space)")
+    return RewardInfoFactors(env, name)
 
 
 def _as_float(value: Any) -> float:

@@ -51,6 +51,11 @@ def metric_columns(factor_names: Sequence[str]) -> list[str]:
     ]
 
 
+def objective_columns(objectives: Sequence[str]) -> list[str]:
+    """Columns a vector-reward env adds to ``metrics.csv``: each objective's episode return, then discounted."""
+    return [*(f"objective/{n}" for n in objectives), *(f"objective_discounted/{n}" for n in objectives)]
+
+
 def write_metrics(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
     """Write the whole metrics table (atomically)."""
     tmp = path.with_suffix(".tmp")

@@ -348,6 +348,7 @@ def main() -> None:
     parser.add_argument("--private-mounts", type=int, default=0, help="tmpfs MiB for /tmp (unshare fallback)")
     parser.add_argument("--expose", action="append", default=[], help="ANCESTOR:PATH to bind back (fallback)")
     parser.add_argument("--loopback-up", action="store_true", help="bring lo up (unshare fallback)")
+    parser.add_argument("--heron-sandbox-worker", action="store_true", help="names this process in /proc")
     args = parser.parse_args()
     if os.getpid() > 2:
         sys.exit("heron sandbox worker: not in a private PID namespace; refusing to run")

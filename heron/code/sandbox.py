@@ -54,6 +54,7 @@ from heron.errors import ConfigError
 STATUSES = ("compile_error", "runtime_error", "timeout", "failed", "passed")
 ISOLATIONS = ("auto", "bwrap", "unshare")
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
+_MARKER = "--heron-sandbox-worker"  # names a worker's process in /proc/PID/cmdline
 _UID_BASE = 1_500_000_000  # per-worker uids when heron runs as root: nothing else owns them
 _uid_counter = itertools.count()
 _REPLY_LIMIT = 1 << 20  # bytes; a worker reply is far smaller
@@ -119,7 +120,12 @@ class _Worker:
         # RLIMIT_NPROC counts every process of the uid: a per-worker uid when root, else the user's.
         nproc = max_processes + 2 if uid else _visible_processes(os.getuid()) + max_processes + 2
         python = os.path.realpath(sys.executable)
-        worker = [python, "-I", _WORKER, "--nproc", str(nproc), "--uid", str(uid)]
+        try:  # the source goes on the command line: the worker's file may lie where the sandbox hides (/tmp)
+            with open(_WORKER, encoding="utf-8") as f:
+                source = f.read()
+        except OSError as err:
+            raise SandboxUnavailable(f"the {isolation} sandbox did not start: {_WORKER}: {err.strerror}") from None
+        worker = [python, "-I", "-c", source, _MARKER, "--nproc", str(nproc), "--uid", str(uid)]
         if isolation == "bwrap":
             command = _bwrap_command(python, tmpfs_mb) + worker
         else:
@@ -171,7 +177,7 @@ class _Worker:
         """Whether ``self.pid`` is still this worker (and not a reused pid)."""
         try:
             with open(f"/proc/{self.pid}/cmdline", "rb") as cmdline:
-                return _WORKER.encode() in cmdline.read()
+                return _MARKER.encode() in cmdline.read()
         except OSError:
             return False
 

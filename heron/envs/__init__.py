@@ -81,7 +81,13 @@ def extra_installed(extra: str) -> bool:
 
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     """``gymnasium.make`` with one-line :class:`heron.ConfigError` messages for an unknown id or an
-    env whose optional dependency is not installed (naming the heron-rl extra when it has one)."""
+    env whose optional dependency is not installed (naming the heron-rl extra when it has one).
+
+    ``mo-gymnasium:<id>`` makes MO-Gymnasium's env ``<id>`` with ``mo_gymnasium.make`` and factorizes
+    it (:class:`heron.factors.ObjectiveFactors`): the kwargs ``objectives`` and ``utility`` go to the
+    wrapper, the others to the env."""
+    if env_id.startswith(MO_PREFIX):
+        return _make_mo(env_id, **kwargs)
     if env_id not in gym.registry:
         raise ConfigError(f"env: unknown environment {env_id!r} (see `heron envs`)")
     try:
@@ -92,6 +98,31 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
             raise ConfigError(f"env {env_id} needs `pip install heron-rl[{extra}]`") from None
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"env {env_id} needs a dependency that is not installed: {detail}") from None
+
+
+MO_PREFIX = "mo-gymnasium:"
+"""An env id with this prefix is made with ``mo_gymnasium.make`` (``pip install 'heron-rl[mo]'``)."""
+
+
+def _make_mo(env_id: str, objectives: Any = None, utility: Any = None, **kwargs: Any) -> gym.Env:
+    if not _importable("mo_gymnasium"):
+        raise ConfigError(f"env {env_id} needs `pip install 'heron-rl[mo]'`")
+    import mo_gymnasium
+
+    from heron.factors import ObjectiveFactors  # factors imports this module: import it here
+
+    name = env_id.removeprefix(MO_PREFIX)
+    if name not in gym.registry:
+        raise ConfigError(
+            f"env: unknown MO-Gymnasium environment {name!r} (an id of `mo_gymnasium.make`, e.g."
+            " deep-sea-treasure-v0, from `pip install 'heron-rl[mo]'`)"
+        )
+    try:
+        env = mo_gymnasium.make(name, **kwargs)
+    except gym.error.DependencyNotInstalled as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"env {env_id} needs a dependency that is not installed: {detail}") from None
+    return ObjectiveFactors(env, objectives, utility, env_id)
 
 
 def register(info: EnvInfo) -> None:

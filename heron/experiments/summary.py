@@ -22,7 +22,7 @@ def run_stats(rows: Sequence[Mapping[str, float]], threshold: float | None) -> d
         # Mean return over training (trapezoids over env steps): higher means it learned sooner.
         "auc": float(np.trapezoid(returns, steps) / (steps[-1] - steps[0])) if len(rows) > 1 else float(returns[0]),
         "wall_clock_s": float(last["wall_clock_s"]),
-        **{k: float(v) for k, v in last.items() if k.startswith("factor/")},
+        **{k: float(v) for k, v in last.items() if k.startswith(("factor/", "objective/", "objective_discounted/"))},
     }
     if threshold is not None:
         reached = np.flatnonzero(returns >= threshold)

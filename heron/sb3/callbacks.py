@@ -21,7 +21,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 from heron import report
-from heron.factors import read_factors
+from heron.factors import objectives_of, read_factors
 from heron.loop import HeronLoop
 from heron.sb3.buffers import OffPolicyAdapter, OnPolicyAdapter
 from heron.sb3.vec_env import RewardSwap
@@ -68,26 +68,42 @@ class HeronCallback(BaseCallback):
         self.adapter.deliver(self.locals, refitted=bool(stats))
 
 
-def evaluate(model: BaseAlgorithm, env: gym.Env, episodes: int, factor_names: list[str], seed: int) -> dict[str, float]:
-    """Mean and std of the env's own episode return, and each factor's mean episode total."""
-    returns, totals = [], []
+def evaluate(
+    model: BaseAlgorithm,
+    env: gym.Env,
+    episodes: int,
+    factor_names: list[str],
+    seed: int,
+    objectives: Sequence[str] = (),
+    gamma: float = 1.0,
+) -> dict[str, float]:
+    """Mean and std of the env's own episode return, each factor's mean episode total, and for a
+    vector-reward env each objective's mean episode return, undiscounted and discounted by ``gamma``."""
+    names = [*factor_names, *objectives]
+    returns, totals, discounted = [], [], []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
-        done, ret, total = False, 0.0, np.zeros(len(factor_names))
+        done, ret, total, disc, weight = False, 0.0, np.zeros(len(names)), np.zeros(len(objectives)), 1.0
         while not done:
             action, _ = model.predict(obs, deterministic=True)
             obs, reward, terminated, truncated, info = env.step(action)
             ret += float(reward)
-            step = np.asarray(read_factors(info, factor_names, "evaluation env"))
-            total += np.where(np.isfinite(step), step, 0.0)  # a missing (non-finite) value adds nothing
+            step = np.asarray(read_factors(info, names, "evaluation env"))
+            step = np.where(np.isfinite(step), step, 0.0)  # a missing (non-finite) value adds nothing
+            total += step
+            disc += weight * step[len(factor_names) :]
+            weight *= gamma
             done = terminated or truncated
         returns.append(ret)
         totals.append(total)
-    mean_totals = np.mean(totals, axis=0)
+        discounted.append(disc)
+    mean_totals, mean_discounted = np.mean(totals, axis=0), np.mean(discounted, axis=0)
     return {
         "return_mean": float(np.mean(returns)),
         "return_std": float(np.std(returns)),
-        **{f"factor/{n}": float(v) for n, v in zip(factor_names, mean_totals, strict=True)},
+        **{f"factor/{n}": float(v) for n, v in zip(factor_names, mean_totals[: len(factor_names)], strict=True)},
+        **{f"objective/{n}": float(v) for n, v in zip(objectives, mean_totals[len(factor_names) :], strict=True)},
+        **{f"objective_discounted/{n}": float(v) for n, v in zip(objectives, mean_discounted, strict=True)},
     }
 
 
@@ -100,7 +116,8 @@ class EvaluationCallback(BaseCallback):
     :param episodes: episodes per evaluation.
     :param every: env steps between evaluations.
     :param seed: evaluation ``k`` resets its episodes with seeds ``seed + 10,000 + k + i``.
-    :param columns: the columns of ``metrics.csv``.
+    :param columns: the columns of ``metrics.csv`` (a vector-reward env adds ``objective/<name>``, its
+        episode return, and ``objective_discounted/<name>``, discounted by the agent's ``gamma``).
     :param metrics_file: where the table is written (None: nowhere).
     :param clock: the run's wall clock.
     :param diagnostics: the latest reward-learning diagnostics, added to each row.
@@ -120,6 +137,8 @@ class EvaluationCallback(BaseCallback):
     ) -> None:
         super().__init__()
         self.env, self.factor_names, self.episodes, self.every, self.seed = env, factor_names, episodes, every, seed
+        self.objectives = objectives_of(env)  # a vector-reward env: its objectives' returns are columns too
+        columns = [*columns, *report.objective_columns(self.objectives)]
         self.columns, self.metrics_file, self.clock, self.diagnostics = columns, metrics_file, clock, diagnostics
         self.metrics: list[dict[str, Any]] = []
         self.last_eval = 0
@@ -143,11 +162,20 @@ class EvaluationCallback(BaseCallback):
         row = {
             "step": self.num_timesteps,
             "wall_clock_s": self.clock(),
-            **evaluate(self.model, self.env, self.episodes, self.factor_names, seed),
+            **evaluate(
+                self.model,
+                self.env,
+                self.episodes,
+                self.factor_names,
+                seed,
+                self.objectives,
+                float(getattr(self.model, "gamma", 1.0)),
+            ),
             **self.diagnostics(),
         }
         self.metrics.append(row)
-        for key in ("return_mean", "return_std", *(f"factor/{n}" for n in self.factor_names)):
+        objective_keys = report.objective_columns(self.objectives)
+        for key in ("return_mean", "return_std", *(f"factor/{n}" for n in self.factor_names), *objective_keys):
             self.logger.record(f"eval/{key}", row[key])
         self.logger.dump(self.num_timesteps)  # at the evaluation's own step, not at the next rollout's
         if self.metrics_file is not None:
