@@ -145,6 +145,10 @@ def train(
         f"final ground-truth return {last['return_mean']:.1f} ± {last['return_std']:.1f} "
         f"after {int(last['step'])} steps; run files in {result.run_dir}"
     )
+    objectives = [k.removeprefix("objective/") for k in last if k.startswith("objective/")]
+    if objectives:
+        returns = (f"{n} {last[f'objective/{n}']:.2f} ({last[f'objective_discounted/{n}']:.2f})" for n in objectives)
+        console.print("objective returns (discounted): " + ", ".join(returns))
     if result.loop is not None:
         from heron.advisor import advise_loop, flag_line
 
