@@ -375,17 +375,12 @@ def inspect_run(run_dir: str | Path, target_share: float = 0.5) -> RunInspection
     :raises ConfigError: when the directory, its config or its checkpoint is missing or damaged.
     """
     from heron import checkpoints, report
-    from heron.config import read_yaml, to_hierarchy, validate
+    from heron.config import load_run, to_hierarchy
 
     if not 0 < target_share < 1:
         raise ConfigError(f"--target-share: must be in (0, 1), got {target_share!r}")
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"inspect: {run_dir} is not a directory")
+    run_dir, cfg = load_run(run_dir, "inspect")
     config_file = run_dir / "config.yaml"
-    if not config_file.is_file():
-        raise ConfigError(f"inspect: {run_dir} holds no config.yaml (not a run directory)")
-    cfg = validate(read_yaml(config_file), str(config_file))
     if cfg.hierarchy is None:
         raise ConfigError(f"{config_file}: records no hierarchy")
     hierarchy = to_hierarchy(cfg.hierarchy)

@@ -358,6 +358,17 @@ def read_yaml(path: str | Path) -> Any:
         loader.dispose()
 
 
+def load_run(run_dir: str | Path, verb: str) -> tuple[Path, RunConfig]:
+    """A run directory and its validated ``config.yaml``; errors start with ``verb`` (``resume``, ``inspect``)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{verb}: {run_dir} does not exist or is not a directory")
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise ConfigError(f"{verb}: {run_dir} holds no config.yaml (not a run directory)")
+    return run_dir, validate(read_yaml(config_file), str(config_file))
+
+
 def load(path: str | Path) -> RunConfig:
     """Read and validate a YAML config file."""
     return validate(read_yaml(path), str(path))

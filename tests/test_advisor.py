@@ -187,7 +187,7 @@ def test_missing_or_damaged_run_dir_is_one_line_exit_2(runs: dict[str, Path], tm
     empty = tmp_path / "empty"
     empty.mkdir()
     for where, message in [
-        (tmp_path / "missing", "is not a directory"),
+        (tmp_path / "missing", "does not exist or is not a directory"),
         (empty, "holds no config.yaml"),
         (damaged, "does not match its checksum"),
     ]:

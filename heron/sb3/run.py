@@ -30,7 +30,7 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from heron import checkpoints, report
-from heron.config import RunConfig, from_hierarchy, nonfinite_path, read_yaml, to_hierarchy, validate
+from heron.config import RunConfig, from_hierarchy, load_run, nonfinite_path, to_hierarchy, validate
 from heron.envs import REGISTRY, make_env
 from heron.errors import ConfigError
 from heron.factors import env_name, probe_factor_names
@@ -549,13 +549,8 @@ def _prepare_out(run_dir: Path) -> bool:
 
 def resume(run_dir: str | Path, progress: bool = False) -> TrainResult:
     """Continue an interrupted run from its last checkpoint (a finished run is left as it is)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"resume: {run_dir} does not exist")
+    run_dir, cfg = load_run(run_dir, "resume")
     config_file = run_dir / "config.yaml"
-    if not config_file.exists():
-        raise ConfigError(f"resume: {run_dir} holds no config.yaml")
-    cfg = validate(read_yaml(config_file), str(config_file))
     ckpt = checkpoints.latest(run_dir)
     if ckpt is None:
         raise ConfigError(f"resume: {run_dir} has no checkpoint yet")
