@@ -11,6 +11,7 @@ with ``allow_pickle=False`` only: nothing in a run directory is unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -96,12 +97,9 @@ def _sync(path: Path) -> None:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
-    try:
+    with contextlib.suppress(OSError):
         os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    os.close(fd)
 
 
 def latest(run_dir: Path) -> Checkpoint | None:

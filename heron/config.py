@@ -197,7 +197,7 @@ class RunConfig(_Strict):
     @field_validator("env_kwargs", "algorithm_kwargs")
     @classmethod
     def _finite_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
-        bad = nonfinite_path(v)
+        bad = _nonfinite_path(v)
         if bad is not None:
             raise ValueError(f"{bad}: must be a finite number")
         return v
@@ -213,13 +213,13 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def nonfinite_path(value: Any, where: str = "") -> str | None:
+def _nonfinite_path(value: Any, where: str = "") -> str | None:
     """The dotted path of the first NaN or infinite float inside nested dicts and lists, or None."""
     if isinstance(value, float) and not math.isfinite(value):
         return where.lstrip(".") or "value"
     items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list | tuple) else ()
     for key, inner in items:
-        found = nonfinite_path(inner, f"{where}.{key}")
+        found = _nonfinite_path(inner, f"{where}.{key}")
         if found is not None:
             return found
     return None
@@ -332,16 +332,16 @@ def read_yaml(path: str | Path) -> Any:
         line = raw[: err.start].count(b"\n") + 1
         raise ConfigError(f"{path}: not UTF-8 text (byte {raw[err.start]:#04x} at line {line})") from None
     try:
-        loader = _ConfigLoader(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        if _expanded_size(node, path) > MAX_YAML_VALUES:
-            raise ConfigError(f"{path}: its aliases expand to more than {MAX_YAML_VALUES:,} values")
-        return loader.construct_document(node)
+        loader = _ConfigLoader(text)  # its reader refuses characters YAML does not allow, at once
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            if _expanded_size(node, path) > MAX_YAML_VALUES:
+                raise ConfigError(f"{path}: its aliases expand to more than {MAX_YAML_VALUES:,} values")
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except RecursionError:
         raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as err:  # one line: where, what, and in what (PyYAML's problem and context)
@@ -354,8 +354,6 @@ def read_yaml(path: str | Path) -> Any:
         if context:
             problem += f" ({context}{at(getattr(err, 'context_mark', None))})"
         raise ConfigError(f"{path}: invalid YAML{at(getattr(err, 'problem_mark', None))}: {problem}") from None
-    finally:
-        loader.dispose()
 
 
 def load_run(run_dir: str | Path, verb: str) -> tuple[Path, RunConfig]:

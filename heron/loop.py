@@ -248,9 +248,6 @@ class HeronLoop:
         try:
             self.reward_model.load_state_dict(state["reward_model"])
             self.trainer.load_state_dict(state["trainer"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as err:
-            raise ConfigError(f"loop state: the reward model does not match ({type(err).__name__})") from None
-        try:
             self.pool.load_state_dict(state["pool"])
             self.rng.bit_generator.state = dict(state["rng"])
             self.steps = int(state["steps"])
@@ -258,7 +255,7 @@ class HeronLoop:
             self.last_refit = None if state["last_refit"] is None else int(state["last_refit"])
             self.diagnostics = {str(k): float(v) for k, v in dict(state["diagnostics"]).items()}
         except (KeyError, RuntimeError, ValueError, TypeError) as err:
-            raise ConfigError(f"loop state: the pool or counters do not match ({type(err).__name__})") from None
+            raise ConfigError(f"loop state: does not fit this loop ({type(err).__name__})") from None
 
 
 def loop_memory(

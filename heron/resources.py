@@ -61,11 +61,13 @@ def available_bytes() -> int:
 
 def human(n: float) -> str:
     """Bytes in binary units, e.g. ``3.7 GiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
         n /= 1024
-    raise AssertionError("unreachable")
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} PiB"
 
 
 def check_memory(parts: Mapping[str, tuple[int, str]], available: int | None = None) -> None:

@@ -30,11 +30,10 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from heron import checkpoints, report
-from heron.config import RunConfig, from_hierarchy, load_run, nonfinite_path, to_hierarchy, validate
+from heron.config import RunConfig, from_hierarchy, load_run, to_hierarchy, validate
 from heron.envs import REGISTRY, make_env
 from heron.errors import ConfigError
 from heron.factors import env_name, probe_factor_names
-from heron.features import Encoding
 from heron.hierarchy import Factor, Hierarchy
 from heron.loop import (
     DEFAULT_POOL_STEPS,
@@ -138,7 +137,7 @@ _RANGES: dict[str, tuple[float, float | None, bool]] = {
 
 
 def check_algorithm_kwargs(algorithm: type[BaseAlgorithm], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``algorithm_kwargs`` checked against the algorithm's own signature: types, finite numbers, ranges.
+    """``algorithm_kwargs`` checked against the algorithm's own signature: types and ranges.
 
     SB3 stores most settings at construction and first uses them in training (``gamma: .nan``,
     ``n_epochs: ten``), so each value is validated here against the annotation SB3 gives it, and
@@ -152,11 +151,8 @@ def check_algorithm_kwargs(algorithm: type[BaseAlgorithm], kwargs: dict[str, Any
 
     parameters = inspect.signature(algorithm.__init__).parameters
     checked = {}
-    for name, value in kwargs.items():
+    for name, value in kwargs.items():  # every float is finite already (RunConfig checks the kwargs)
         where = f"algorithm_kwargs.{name}"
-        bad = nonfinite_path(value, where)
-        if bad is not None:
-            raise ConfigError(f"{bad}: must be a finite number, got {value!r}")
         parameter = parameters.get(name)
         if parameter is not None and parameter.annotation is not inspect.Parameter.empty:
             adapter = TypeAdapter(parameter.annotation, config=ConfigDict(arbitrary_types_allowed=True))
@@ -179,6 +175,9 @@ def check_algorithm_kwargs(algorithm: type[BaseAlgorithm], kwargs: dict[str, Any
                 raise ConfigError(f"{where}: must be {'in ' if high is not None else ''}{bounds}, got {value!r}")
         checked[name] = value
     return checked
+
+
+_DEFAULT_NETS = {"sac": [256, 256], "td3": [400, 300], "ddpg": [400, 300]}  # SB3's; the others use 64-64
 
 
 def _net_widths(net_arch: Any, default: list[int]) -> dict[str, list[int]]:
@@ -208,7 +207,7 @@ def agent_memory(cfg: RunConfig, observation_space: Any, action_space: Any, n_en
     act_floats, _ = _space_size(action_space)
     on_policy = issubclass(algorithm, OnPolicyAlgorithm)
     policy_kwargs = kwargs.get("policy_kwargs") or {}
-    default = [64, 64] if on_policy or cfg.algorithm == "dqn" else [400, 300] if cfg.algorithm != "sac" else [256, 256]
+    default = _DEFAULT_NETS.get(cfg.algorithm, [64, 64])
     heads = _net_widths(policy_kwargs.get("net_arch") if isinstance(policy_kwargs, Mapping) else None, default)
     # Actor and critic(s), target copies for off-policy agents, each with Adam's state.
     copies = 2 if on_policy else 6
@@ -326,18 +325,13 @@ class Run:
         self.factor_names = self.hierarchy.names
         self.swap = self._vec_env(env_fn)
         self.eval_env = env_fn()
-        learned = cfg.method in LEARNED_METHODS
-        parts = agent_memory(cfg, self.swap.observation_space, self.swap.action_space, self.swap.num_envs)
-        if learned:
-            rm = cfg.reward_model
-            encoding = Encoding.from_spaces(
-                self.swap.observation_space, self.swap.action_space, self.factor_names, rm.inputs
-            )
-            parts |= loop_memory(rm, cfg.comparison, encoding, self.swap.num_envs)
-        check_memory(parts)
         self.loop: HeronLoop | None = None
-        if learned:
+        if cfg.method in LEARNED_METHODS:  # the loop checks its own memory before allocating it
             self.loop = loop_from_config(cfg, self.swap.observation_space, self.swap.action_space, self.swap.num_envs)
+        parts = agent_memory(cfg, self.swap.observation_space, self.swap.action_space, self.swap.num_envs)
+        if self.loop is not None:
+            parts |= loop_memory(cfg.reward_model, cfg.comparison, self.loop.encoding, self.swap.num_envs)
+        check_memory(parts)  # the agent's part, with the loop's, before the agent allocates it
         self.model = self._algorithm()
         self.adapter: OnPolicyAdapter | OffPolicyAdapter | None = None
         callbacks: list[Any] = []
