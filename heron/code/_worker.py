@@ -97,7 +97,7 @@ def evaluate(job: dict[str, Any]) -> dict[str, Any]:
     """Compile and run one program and its tests in this process; return the result counts.
 
     :param job: the job dictionary (see the module docstring).
-    :return: ``{"status", "passed", "run", "errors", "detail"}``.
+    :return: ``{"status", "passed", "run", "detail"}``.
     """
     try:
         code = compile(job["program"], "<program>", "exec")
@@ -146,7 +146,7 @@ def evaluate(job: dict[str, Any]) -> dict[str, Any]:
             failures.append(f"check stopped: {_describe(exc)}")
     status = ("runtime_error" if counts[2] else "failed") if failures else "passed"
     detail = (failures or [""])[0][:DETAIL_LIMIT]
-    return {"status": status, "passed": counts[1], "run": counts[0], "errors": counts[2], "detail": detail}
+    return {"status": status, "passed": counts[1], "run": counts[0], "detail": detail}
 
 
 def _child(job: dict[str, Any], workdir: str, result_fd: int) -> None:

@@ -91,9 +91,7 @@ def _outcome(status: str, passed: int = 0, run: int = 0, detail: str = "", secon
     if status not in STATUSES:
         status, detail = "runtime_error", f"unknown status {status!r}"
     ran = status in ("failed", "passed") or (status == "runtime_error" and run > 0)
-    rate = (passed / run if run else 1.0) if ran else 0.0
-    if status == "passed":
-        rate = 1.0
+    rate = 1.0 if status == "passed" else (passed / run if ran and run else 0.0)
     factors = {
         "compiles": float(status != "compile_error"),
         "runs": float(ran),
@@ -101,6 +99,9 @@ def _outcome(status: str, passed: int = 0, run: int = 0, detail: str = "", secon
         "passed": float(status == "passed"),
     }
     return Outcome(status, factors, passed if ran else 0, run if ran else 0, detail, seconds)
+
+
+_DIED = _outcome("runtime_error", detail="the sandbox worker died during the program")
 
 
 def _visible_processes(uid: int) -> int:
@@ -259,8 +260,13 @@ def _bwrap_command(python: str, tmpfs_mb: int) -> list[str]:
     A directory others cannot enter (``/root`` with a Python installed under it) is replaced by an
     empty tmpfs into which only the Python installation is bound back, read-only.
     """
-    command = ["bwrap", "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session", "--clearenv"]
-    command += ["--ro-bind", "/", "/"]
+    # As root there is no user namespace: the worker starts as root with only CAP_SETUID and
+    # CAP_SETGID, switches to its own uid (a real uid, so RLIMIT_NPROC binds) and loses them
+    # before any job. Otherwise bubblewrap maps the worker to nobody in a new user namespace.
+    root = os.getuid() == 0
+    unshare = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+    command = ["bwrap", *(unshare if root else ["--unshare-all"])]
+    command += ["--as-pid-1", "--die-with-parent", "--new-session", "--clearenv", "--ro-bind", "/", "/"]
     hidden: set[str] = set()
     for ancestor, prefix in _exposes(python):
         if ancestor not in hidden:
@@ -272,15 +278,9 @@ def _bwrap_command(python: str, tmpfs_mb: int) -> list[str]:
         command += ["--ro-bind", prefix, prefix]
     command += ["--perms", "1777", "--size", str(tmpfs_mb << 20), "--tmpfs", "/tmp", "--dev", "/dev", "--proc", "/proc"]
     command += ["--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8"]
-    if os.getuid() == 0:
-        # No user namespace: the worker starts as root with only these capabilities, switches to
-        # its own uid (a real uid, so RLIMIT_NPROC binds) and loses them before any job.
-        command = [c for c in command if c != "--unshare-all"]
-        command[1:1] = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
-        command += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    else:
-        command += ["--uid", "65534", "--gid", "65534"]
-    return command
+    if root:
+        return [*command, "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    return [*command, "--uid", "65534", "--gid", "65534"]
 
 
 def _isolation(isolation: str) -> str:
@@ -315,7 +315,9 @@ class Sandbox:
             raise ConfigError(f"workers must be at least 1, not {workers}")
         if max_processes < 1:
             raise ConfigError(f"max_processes must be at least 1, not {max_processes}")
-        self._options = {"max_processes": max_processes, "tmpfs_mb": tmpfs_mb}
+        if tmpfs_mb < 1:  # 0 would also turn off the unshare fallback's private mounts
+            raise ConfigError(f"tmpfs_mb must be at least 1, not {tmpfs_mb}")
+        self._max_processes, self._tmpfs_mb = max_processes, tmpfs_mb
         self._lock = threading.Lock()
         self.isolation = _isolation(isolation)
         self._workers: list[_Worker] = []
@@ -331,7 +333,7 @@ class Sandbox:
             raise
 
     def _launch(self) -> _Worker:
-        return _Worker(self.isolation, max_processes=self._options["max_processes"], tmpfs_mb=self._options["tmpfs_mb"])
+        return _Worker(self.isolation, max_processes=self._max_processes, tmpfs_mb=self._tmpfs_mb)
 
     def __enter__(self) -> Sandbox:
         return self
@@ -354,7 +356,7 @@ class Sandbox:
         timeout_s: float = 5.0,
         memory_mb: int = 512,
     ) -> Outcome:
-        """Run one program against its tests; see :meth:`execute_many`."""
+        """Run one program against its tests: one entry of :meth:`execute_many`, same parameters."""
         entry_points = None if entry_point is None else [entry_point]
         return self.execute_many(
             [program], [tests], entry_points=entry_points, timeout_s=timeout_s, memory_mb=memory_mb
@@ -410,7 +412,7 @@ class Sandbox:
                         self._workers[slot].send(jobs[pending[0]])
                     except OSError:  # the worker died: between jobs, or during the job it is running
                         if queued[slot]:
-                            lost(slot, _outcome("runtime_error", detail="the sandbox worker died during the program"))
+                            lost(slot, _DIED)
                         else:
                             self._replace(slot)
                         break
@@ -424,7 +426,7 @@ class Sandbox:
                 slot = fds[fd]
                 replies = self._workers[slot].poll_replies()
                 if replies is None:
-                    lost(slot, _outcome("runtime_error", detail="the sandbox worker died during the program"))
+                    lost(slot, _DIED)
                     continue
                 for reply in replies:
                     results[queued[slot].popleft()] = _from_reply(reply)
@@ -513,16 +515,7 @@ def execute(
     timeout_s: float = 5.0,
     memory_mb: int = 512,
 ) -> Outcome:
-    """Run one program against its tests in the default sandbox.
-
-    :param program: Python source.
-    :param tests: a list of assert statements (each one test) or a HumanEval-style test source that
-        defines ``check(candidate)`` (each assert it executes is one test).
-    :param entry_point: the function the tests call (required with a ``check`` source).
-    :param timeout_s: wall-clock seconds for the whole program and its tests.
-    :param memory_mb: address-space limit per process, in MiB.
-    :return: the :class:`Outcome`.
-    """
+    """:meth:`Sandbox.execute` on the :func:`default_sandbox`."""
     return default_sandbox().execute(program, tests, entry_point=entry_point, timeout_s=timeout_s, memory_mb=memory_mb)
 
 
@@ -534,15 +527,7 @@ def execute_many(
     timeout_s: float = 5.0,
     memory_mb: int = 512,
 ) -> list[Outcome]:
-    """Run a batch of programs on the default sandbox's workers; see :meth:`Sandbox.execute_many`.
-
-    :param programs: Python source of each program.
-    :param tests: one tests entry per program (a list of asserts or a ``check`` source).
-    :param entry_points: one entry point per program (or None).
-    :param timeout_s: wall-clock seconds per program.
-    :param memory_mb: address-space limit per process, in MiB.
-    :return: one :class:`Outcome` per program, in order.
-    """
+    """:meth:`Sandbox.execute_many` on the :func:`default_sandbox`."""
     return default_sandbox().execute_many(
         programs, tests, entry_points=entry_points, timeout_s=timeout_s, memory_mb=memory_mb
     )

