@@ -24,6 +24,7 @@ from heron.cli import app
 from heron.config import read_yaml, validate
 from heron.resources import check_memory
 from heron.sb3.run import run_config
+from tests.test_run_dir import _rewrite_checksums
 
 runner = CliRunner()
 TINY: dict[str, Any] = {
@@ -281,13 +282,8 @@ def test_a_checkpoint_whose_counters_disagree_is_refused(unfinished: Path, tmp_p
     run = tmp_path / "run"
     shutil.copytree(unfinished, run)
     ckpt = checkpoints.latest(run)
-    state = dict(ckpt.state, num_timesteps=-1_000_000)
-    text = json.dumps(state)
-    (ckpt.path / "state.json").write_text(text)
-    pointer = run / "checkpoints" / "LATEST"
-    import hashlib
-
-    pointer.write_text(json.dumps({"name": ckpt.path.name, "state_sha256": hashlib.sha256(text.encode()).hexdigest()}))
+    (ckpt.path / "state.json").write_text(json.dumps(dict(ckpt.state, num_timesteps=-1_000_000)))
+    _rewrite_checksums(ckpt.path)
     with pytest.raises(heron.ConfigError, match="counters do not agree"):
         heron.resume(run)
 

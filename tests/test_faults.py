@@ -82,6 +82,21 @@ def _heron(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _train_killed_at(kill_at: int, tmp_path: Path) -> tuple[Path, Path]:
+    """``heron train`` of CONFIG, killed at the ``kill_at``-th flush of a checkpoint write: (config, run dir)."""
+    config, out = tmp_path / "run.yaml", tmp_path / "run"
+    config.write_text(yaml.safe_dump(CONFIG))
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, str(kill_at), "train", str(config), "--out", str(out), "--no-progress"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    return config, out
+
+
 def _check_resumed(run_dir: Path, reference: list[dict[str, str]], kept: int) -> None:
     """Resume to the end; the same total and evaluation steps as the reference, earlier rows untouched."""
     result = _heron("train", "--resume", str(run_dir), "--no-progress")
@@ -101,17 +116,7 @@ def test_killed_inside_a_checkpoint_write(tmp_path: Path, reference: list[dict[s
     folder complete but not yet renamed (10), with the new LATEST written but not switched (11), and
     just after the switch (12). Resume loads one consistent set, the previous one or the new one,
     and ends where the uninterrupted run ends."""
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLER, str(kill_at), "train", str(config), "--out", str(out), "--no-progress"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    _, out = _train_killed_at(kill_at, tmp_path)
     ckpt = checkpoints.latest(out)
     assert ckpt is not None
     # Before LATEST switches (the 5th sync of a set) the previous set is current; after, the new one.
@@ -124,17 +129,7 @@ def test_killed_inside_a_checkpoint_write(tmp_path: Path, reference: list[dict[s
 def test_killed_inside_the_first_checkpoint_write(tmp_path: Path) -> None:
     """Before any set is complete there is nothing to resume: both ways on end in one line, and the
     directory is not silently reused."""
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLER, "3", "train", str(config), "--out", str(out), "--no-progress"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == -signal.SIGKILL
+    config, out = _train_killed_at(3, tmp_path)
     resumed = _heron("train", "--resume", str(out), "--no-progress")
     assert resumed.returncode == 2 and resumed.stderr.strip() == f"error: resume: {out} has no checkpoint yet"
     again = _heron("train", str(config), "--out", str(out), "--no-progress")
