@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 
@@ -135,16 +135,15 @@ def _in_std(margin: float, std: float) -> float | None:
     return margin / std if math.isfinite(std) and std > 0 else None
 
 
-def reach_and_ties(gap: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Which pairs reach each level and which tie there, for absolute signed gaps (P, K).
+def _reached(gap: np.ndarray, margins: np.ndarray) -> np.ndarray:
+    """Share of the pairs that reach each level, for signed gaps (P, K) and absolute margins (K,).
 
     A pair reaches level ``l`` when every level above tied (``|gap| <= margin``; a non-finite gap
     never ties, so it stops the descent as in :meth:`heron.Hierarchy.compare_detailed`).
     """
-    ties = np.abs(gap) <= margins
-    reached = np.ones_like(ties)
-    reached[:, 1:] = np.cumprod(ties, axis=1)[:, :-1].astype(bool)
-    return reached, ties
+    reached = np.ones(gap.shape, dtype=bool)
+    reached[:, 1:] = np.cumprod(np.abs(gap) <= margins, axis=1)[:, :-1]
+    return reached.sum(axis=0) / max(len(gap), 1)
 
 
 def suggest_margins(gap: np.ndarray, target_share: float) -> np.ndarray:
@@ -196,26 +195,28 @@ def advise(
     margins = hierarchy.margins(za, zb, std)
     with np.errstate(invalid="ignore"):
         gap = (za - zb) * hierarchy.signs
-    n = max(len(pairs), 1)
-    reached, ties = reach_and_ties(gap, margins)
-    decided = (reached & ~ties & np.isfinite(gap)).sum(axis=0) / n
     suggested = suggest_margins(gap, target_share)
-    trial = np.where(np.isnan(suggested), margins, suggested)
-    trial_reached, trial_ties = reach_and_ties(gap, trial)
-    trial_decided = (trial_reached & ~trial_ties & np.isfinite(gap)).sum(axis=0) / n
+    # The shares come from the loop's own decision tree, at the current margins and at the suggested ones.
+    shares = hierarchy.compare_detailed(za, zb, std).level_shares(len(hierarchy))
+    trial = Hierarchy(
+        replace(f, margin=float(m), margin_mode="absolute")
+        for f, m in zip(hierarchy.factors, np.where(np.isnan(suggested), margins, suggested), strict=True)
+    )
+    trial_shares = trial.compare_detailed(za, zb).level_shares(len(hierarchy))
+    reached = _reached(gap, margins)
     levels = tuple(
         LevelAdvice(
             name=name,
             margin=float(margins[i]),
             std=float(std[i]),
-            reached=float(reached[:, i].sum() / n),
-            decided=float(decided[i]),
+            reached=float(reached[i]),
+            decided=float(shares[i]),
             suggested_margin=None if np.isnan(suggested[i]) else float(suggested[i]),
-            suggested_decided=float(trial_decided[i]),
+            suggested_decided=float(trial_shares[i]),
         )
         for i, name in enumerate(hierarchy.names)
     )
-    return Advice(levels, len(pairs), float(1 - decided.sum()), target_share, flags(levels, len(pairs)))
+    return Advice(levels, len(pairs), float(shares[-1]), target_share, flags(levels, len(pairs)))
 
 
 def flags(levels: Sequence[LevelAdvice], pairs: int = 0) -> tuple[Flag, ...]:
@@ -284,28 +285,30 @@ def advise_pool(
     :param target_share: see :func:`advise`.
     :param seed: seeds the pair sample.
     """
-    z = _unit_factors(pool, comparison.unit, comparison)
+    z, pairs = _unit_pairs(pool, comparison.unit, comparison, seed)
     if len(z) < 2:
         return None
-    pairs = sample_pairs(len(z), comparison.pairs, np.random.default_rng(seed))
-    advice = advise(z, hierarchy, pairs, target_share)
+    advice = replace(advise(z, hierarchy, pairs, target_share), unit=comparison.unit)
     if not any(f.kind == "sparse-top" for f in advice.flags):
-        return replace(advice, unit=comparison.unit)
+        return advice
     shares: dict[str, float] = {}
-    kinds: tuple[UnitKind, ...] = ("transition", "segment", "episode")
-    for kind in kinds:
+    for kind in get_args(UnitKind):
         if kind == comparison.unit:
             continue
-        other = _unit_factors(pool, kind, comparison)
+        other, other_pairs = _unit_pairs(pool, kind, comparison, seed)
         if len(other) >= 2:
-            other_pairs = sample_pairs(len(other), comparison.pairs, np.random.default_rng(seed))
-            shares[kind] = advise(other, hierarchy, other_pairs, target_share).levels[0].decided
-    return replace(advice, unit=comparison.unit, unit_shares=shares)
+            za, zb = other[other_pairs[:, 0]], other[other_pairs[:, 1]]
+            shares[kind] = float(hierarchy.compare_detailed(za, zb, finite_std(other)).level_shares(len(hierarchy))[0])
+    return replace(advice, unit_shares=shares)
 
 
-def _unit_factors(pool: ExperiencePool, kind: UnitKind, comparison: ComparisonConfig) -> np.ndarray:
+def _unit_pairs(
+    pool: ExperiencePool, kind: UnitKind, comparison: ComparisonConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A pool's units of one kind as the loop aggregates them, shape (U, K), and a sample of pairs of them."""
     index = pool.units(kind, comparison.segment_length)
-    return aggregate(pool.flat("factors").astype(np.float64), index, comparison.aggregate)
+    z = aggregate(pool.flat("factors").astype(np.float64), index, comparison.aggregate)
+    return z, sample_pairs(len(z), comparison.pairs, np.random.default_rng(seed))
 
 
 def advise_loop(loop: HeronLoop, target_share: float = 0.5) -> Advice | None:

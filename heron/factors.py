@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -120,14 +121,13 @@ def reward_space(env: gym.Env) -> gym.spaces.Box | None:
     return space if isinstance(space, gym.spaces.Box) and len(space.shape) == 1 else None
 
 
-class ObjectiveFactors(gym.Wrapper):
+class ObjectiveFactors(FactorWrapper):
     """Makes a vector-reward (MO-Gymnasium) env a factorized env: objective ``i`` is a factor.
 
-    Each step, component ``i`` of the vector reward goes to ``info["factors"][objectives[i]]`` (every
-    objective, ranked or not), and the env reward becomes one number: the ``utility`` of the vector,
-    or the sum of its components when no utility is given (MO-Gymnasium's ``LinearReward`` default).
-    Factors the env already reports in ``info["factors"]`` are kept; an objective wins over one of
-    the same name.
+    A :class:`FactorWrapper` whose factor ``objectives[i]`` is component ``i`` of the step's vector
+    reward (every objective, ranked or not; an objective wins over a factor the env already reports
+    under the same name), and whose env reward becomes one number: the ``utility`` of the vector, or
+    the sum of its components when no utility is given (MO-Gymnasium's ``LinearReward`` default).
 
     :param env: an env with a 1-D ``Box`` ``reward_space`` whose step reward is a vector.
     :param objectives: a name per component, in order (default ``obj0``, ``obj1``, ...).
@@ -143,25 +143,24 @@ class ObjectiveFactors(gym.Wrapper):
         utility: Utility | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(env)
-        self.name = name or env_name(env)
+        name = name or env_name(env)
         space = reward_space(env)
         if space is None:
-            raise ConfigError(f"objectives: env {self.name} has no vector reward_space (not a multi-objective env)")
+            raise ConfigError(f"objectives: env {name} has no vector reward_space (not a multi-objective env)")
         size = int(space.shape[0])
         if objectives is None:
             objectives = [f"obj{i}" for i in range(size)]
         if isinstance(objectives, str) or not all(isinstance(o, str) and o for o in objectives):
             raise ConfigError(f"objectives: expected a list of non-empty names, got {objectives!r}")
         if len(objectives) != size:
-            raise ConfigError(
-                f"objectives: env {self.name} has a reward space of size {size}, got {len(objectives)} names"
-            )
+            raise ConfigError(f"objectives: env {name} has a reward space of size {size}, got {len(objectives)} names")
         if len(set(objectives)) != len(objectives):
             raise ConfigError(f"objectives: a name is given twice in {list(objectives)}")
+        # partial binds each index now (a lambda over the loop variable would read the last one).
+        super().__init__(env, {o: partial(_objective, i, size, name) for i, o in enumerate(objectives)})
+        self.name = name
         self.objectives: tuple[str, ...] = tuple(objectives)
-        self._weights: np.ndarray | None = None
-        self._utility: Callable[[np.ndarray], float] | None = None
+        self._utility: Callable[[np.ndarray], Any] = np.sum
         if callable(utility):
             self._utility = utility
         elif utility is not None:
@@ -171,32 +170,28 @@ class ObjectiveFactors(gym.Wrapper):
                 raise ConfigError(f"utility: expected weights or a callable, got {utility!r}") from None
             if weights.shape != (size,) or not np.all(np.isfinite(weights)):
                 raise ConfigError(
-                    f"utility: expected {size} finite weights (one per objective of env {self.name}), got {utility!r}"
+                    f"utility: expected {size} finite weights (one per objective of env {name}), got {utility!r}"
                 )
-            self._weights = weights
+            self._utility = partial(np.dot, weights)
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        vector = np.asarray(reward, dtype=np.float64).reshape(-1)
-        if vector.shape != (len(self.objectives),):
-            raise FactorError(
-                f"env {self.name} returned a reward of shape {np.asarray(reward).shape}, not one value per objective"
-                f" ({len(self.objectives)})"
-            )
-        info = dict(info)
-        # One entry per index, read in the comprehension itself: each factor is its own component.
-        info["factors"] = {**info.get("factors", {}), **{o: float(vector[i]) for i, o in enumerate(self.objectives)}}
-        if self._utility is not None:
-            value = self._utility(vector.copy())
-            try:
-                scalar = float(value)
-            except (TypeError, ValueError):
-                raise FactorError(f"utility of env {self.name} returned {value!r}, not a number") from None
-        elif self._weights is not None:
-            scalar = float(self._weights @ vector)
-        else:
-            scalar = float(vector.sum())
+        obs, reward, terminated, truncated, info = super().step(action)  # the factors, its shape checked
+        value = self._utility(np.array(reward, dtype=np.float64).reshape(-1))  # a copy: the env's untouched
+        try:
+            scalar = float(value)
+        except (TypeError, ValueError):
+            raise FactorError(f"utility of env {self.name} returned {value!r}, not a number") from None
         return obs, scalar, terminated, truncated, info
+
+
+def _objective(i: int, size: int, where: str, obs: Any, action: Any, next_obs: Any, reward: Any, info: Any) -> float:
+    """Component ``i`` of a vector reward of ``size`` components: the :data:`FactorFn` of objective ``i``."""
+    vector = np.asarray(reward, dtype=np.float64).reshape(-1)
+    if vector.shape != (size,):
+        raise FactorError(
+            f"env {where} returned a reward of shape {np.asarray(reward).shape}, not one value per objective ({size})"
+        )
+    return float(vector[i])
 
 
 def objectives_of(env: gym.Env) -> tuple[str, ...]:

@@ -25,9 +25,6 @@ from heron.errors import ConfigError
 INPUTS = ("obs", "action", "next_obs", "factors")
 
 
-KINDS = ("box", "discrete", "multi_discrete", "multi_binary", "image", "dict", "tuple")
-
-
 @dataclass(frozen=True)
 class Field:
     """How one input is encoded.
@@ -78,28 +75,33 @@ class Field:
         if self.kind in ("dict", "tuple"):
             return self._encode_parts(name, x)
         x = np.asarray(x)
-        if self.kind == "discrete":
-            index = _integers(name, x, f"Discrete({self.n})").reshape(-1) - self.start
-            if len(index) and (index.min() < 0 or index.max() >= self.n):
-                raise ConfigError(f"{name}: values outside Discrete({self.n}, start={self.start})")
-            rows = np.zeros((len(index), self.n), dtype=np.float32)
-            rows[np.arange(len(index)), index] = 1.0
-            return rows, x.shape
+        if self.kind in ("discrete", "multi_discrete"):
+            return self._one_hot(name, x)
         if self.kind == "image":
             raise ConfigError(f"{name}: images are not encoded for the reward model (read factors instead)")
         lead = self._lead(name, x)
-        if self.kind == "multi_discrete":
-            nvec = np.array(self.nvec, dtype=np.int64)
-            index = _integers(name, x, f"MultiDiscrete({list(self.nvec)})").reshape(-1, len(nvec)) - self.starts
-            if index.size and ((index < 0) | (index >= nvec)).any():
-                raise ConfigError(f"{name}: values outside MultiDiscrete({list(self.nvec)}, start={list(self.starts)})")
-            offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]])
-            rows = np.zeros((len(index), self.width), dtype=np.float32)
-            rows[np.arange(len(index))[:, None], offsets + index] = 1.0
-            return rows, lead
         if self.kind == "multi_binary" and not ((x == 0) | (x == 1)).all():
             raise ConfigError(f"{name}: a MultiBinary{self.shape} value holds something other than 0 and 1")
         return x.astype(np.float32, copy=False).reshape(-1, self.width), lead
+
+    def _one_hot(self, name: str, x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+        """A ``discrete`` value (one component) or a ``multi_discrete`` one: each component one-hot, side by side."""
+        nvec: tuple[int, ...]
+        starts: tuple[int, ...]
+        if self.kind == "discrete":
+            nvec, starts, lead = (self.n,), (self.start,), x.shape
+            space, bounds = f"Discrete({self.n})", f"Discrete({self.n}, start={self.start})"
+        else:
+            nvec, starts, lead = self.nvec, self.starts, self._lead(name, x)
+            space = f"MultiDiscrete({list(self.nvec)})"
+            bounds = f"MultiDiscrete({list(self.nvec)}, start={list(self.starts)})"
+        limits = np.array(nvec, dtype=np.int64)
+        index = _integers(name, x, space).reshape(-1, len(limits)) - np.array(starts, dtype=np.int64)
+        if index.size and ((index < 0) | (index >= limits)).any():
+            raise ConfigError(f"{name}: values outside {bounds}")
+        rows = np.zeros((len(index), int(limits.sum())), dtype=np.float32)
+        rows[np.arange(len(index))[:, None], np.cumsum(limits) - limits + index] = 1.0  # each block's offset + value
+        return rows, lead
 
     def _lead(self, name: str, x: np.ndarray) -> tuple[int, ...]:
         """The leading shape of ``x``, whose trailing axes must be :attr:`shape`."""
@@ -144,7 +146,7 @@ class Field:
             return cls(kind, tuple(int(s) for s in data["shape"]), nvec=nvec, starts=starts)
         if kind in ("dict", "tuple"):
             return cls(kind, parts=tuple((str(k), cls.from_json(f)) for k, f in data["parts"]))
-        if kind in KINDS:
+        if kind in ("box", "multi_binary", "image"):
             return cls(kind, tuple(int(s) for s in data["shape"]))
         raise ConfigError(f"unknown feature kind {kind!r}")
 

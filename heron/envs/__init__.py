@@ -79,6 +79,10 @@ def extra_installed(extra: str) -> bool:
     return all(any(_importable(m) for m in group) for group in EXTRA_MODULES.get(extra, ()))
 
 
+MO_PREFIX = "mo-gymnasium:"
+"""An env id with this prefix is made with ``mo_gymnasium.make`` (``pip install 'heron-rl[mo]'``)."""
+
+
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     """``gymnasium.make`` with one-line :class:`heron.ConfigError` messages for an unknown id or an
     env whose optional dependency is not installed (naming the heron-rl extra when it has one).
@@ -96,12 +100,7 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
         extra = REGISTRY[env_id].extra if env_id in REGISTRY else None
         if extra:
             raise ConfigError(f"env {env_id} needs `pip install heron-rl[{extra}]`") from None
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"env {env_id} needs a dependency that is not installed: {detail}") from None
-
-
-MO_PREFIX = "mo-gymnasium:"
-"""An env id with this prefix is made with ``mo_gymnasium.make`` (``pip install 'heron-rl[mo]'``)."""
+        raise _missing_dependency(env_id, err) from None
 
 
 def _make_mo(env_id: str, objectives: Any = None, utility: Any = None, **kwargs: Any) -> gym.Env:
@@ -120,9 +119,14 @@ def _make_mo(env_id: str, objectives: Any = None, utility: Any = None, **kwargs:
     try:
         env = mo_gymnasium.make(name, **kwargs)
     except gym.error.DependencyNotInstalled as err:
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"env {env_id} needs a dependency that is not installed: {detail}") from None
+        raise _missing_dependency(env_id, err) from None
     return ObjectiveFactors(env, objectives, utility, env_id)
+
+
+def _missing_dependency(env_id: str, err: Exception) -> ConfigError:
+    """One line naming what ``gym.error.DependencyNotInstalled`` says is missing."""
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ConfigError(f"env {env_id} needs a dependency that is not installed: {detail}")
 
 
 def register(info: EnvInfo) -> None:
