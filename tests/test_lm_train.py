@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from heron import ConfigError
+from heron import ConfigError, Hierarchy
 from heron.lm.cli import lm_app
 from heron.lm.train import HELPSTEER2_WEIGHTS, label_pairs, label_sources, split_by_prompt, validate
 
@@ -102,6 +102,12 @@ def test_every_method_labels_with_its_own_teacher() -> None:
     assert "weighted-sum" in label_sources(validate({"ratings": str(DATA), "method": "weighted-sum"}), three)
     train, held = split_by_prompt(columns, "prompt", 0.2, seed=0)
     assert len(set(held["prompt"])) == 12 and not set(held["prompt"]) & set(train["prompt"])
+
+
+def test_helpfulness_method_maximizes_helpfulness_even_when_ranked_as_a_cost() -> None:
+    config = validate({"ratings": str(DATA), "hierarchy": "helpfulness:min>correctness", "method": "helpfulness"})
+    sources = label_sources(config, list(HELPSTEER2_WEIGHTS))
+    assert sources["helpfulness"][0] == Hierarchy(["helpfulness"]) and "helpfulness:min" in sources
 
 
 @pytest.mark.parametrize(

@@ -74,8 +74,7 @@ def pairs(
     except ConfigError as err:
         raise ConfigError(f"{ratings}: {err}") from None
     result.write(out)
-    report = result.report
-    console.print(report.summary(), soft_wrap=True)
+    console.print(result.report.summary(), soft_wrap=True)
     console.print(f"wrote {len(result)} pairs to {out}")
 
 
@@ -115,11 +114,10 @@ def train(
     from heron.lm.train import train_lm, validate
 
     data = read_yaml(config)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{config}: expected a mapping of settings, got {type(data).__name__}")
     overrides = {"method": method, "trainer": trainer, "seed": seed, "out": None if out is None else str(out)}
-    data.update({key: value for key, value in overrides.items() if value is not None})
-    settings = validate(data, str(config))
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    # anything but a mapping is left to validate, whose one-line error names the file
+    settings = validate({**data, **overrides} if isinstance(data, dict) else data, str(config))
     result = train_lm(settings, progress=progress)
     console.print(result.metrics["train_pairs"], soft_wrap=True)
     console.print(f"held-out accuracy ({settings.trainer}, trained on {result.metrics['trained_on']} labels):")

@@ -418,7 +418,7 @@ def _read_csv(path: Path, delimiter: str) -> Columns:
     for number, row in enumerate(values, start=2):
         if len(row) != len(header):
             raise ConfigError(f"{path}: line {number} has {len(row)} fields, the header has {len(header)}")
-    return {name: [row[c] for row in values] for c, name in enumerate(header)}
+    return {name: list(column) for name, column in zip(header, zip(*values, strict=True), strict=False)}  # no rows: {}
 
 
 def _pyarrow_parquet() -> Any:

@@ -235,7 +235,11 @@ def score_response(prompt: str | Mapping[str, Any], response: str) -> ResponseSc
     :param response: the response text.
     """
     text = prompt["prompt"] if isinstance(prompt, Mapping) else prompt
-    task = parse_task(str(text))
+    return _check(parse_task(str(text)), response)
+
+
+def _check(task: Task, response: str) -> ResponseScore:
+    """:func:`score_response` for a task already parsed (each response to a prompt parses it again otherwise)."""
     statements = [_values(chunk) for chunk in _ANSWER.findall(response)]
     statements = [s for s in statements if s]
     answer: tuple[float, ...] | None
@@ -379,7 +383,7 @@ def generate_ratings(
                 elaborate=bool(rng.random() < 0.4),
             )
             text = _write_response(task, drawn, rng)
-            expected = score_response(prompt, text).ratings
+            expected = _check(task, text).ratings
             row: dict[str, Any] = {"prompt": prompt, "response": text}
             for name in ATTRIBUTES:
                 row[name] = int(np.clip(np.rint(expected[name] + noise * rng.normal()), 0, 4))
@@ -394,8 +398,7 @@ def _write_response(task: Task, drawn: Properties, rng: np.random.Generator) -> 
     answer = task.answer if drawn.correct else _wrong(task, rng)
     sentences = []
     if drawn.complete:
-        work = task.work[style]
-        sentences.append(work.format(answer=_format(answer)) if "{answer}" in work else work)
+        sentences.append(task.work[style].format(answer=_format(answer)))  # only lookups state the answer here
     sentences.append(_ANSWER_TEXT[style].format(answer=_format(answer)))
     fillers = _FILLER[style]
     picks = rng.choice(len(fillers), size=min(drawn.padding, len(fillers)), replace=False)

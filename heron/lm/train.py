@@ -38,22 +38,24 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from heron.config import _first_error, read_yaml
+from heron.config import _first_error, _Strict
 from heron.errors import ConfigError
 from heron.hierarchy import Factor, Hierarchy
-from heron.lm.pairs import Pairs, _numeric, pairs_from_ratings, parse_hierarchy, read_ratings
+from heron.lm.pairs import (
+    Pairs,
+    _group_codes,
+    _numeric,
+    _object_array,
+    pairs_from_ratings,
+    parse_hierarchy,
+    read_ratings,
+)
 
-METHODS = ("heron", "weighted-sum", "helpfulness", "flat-preference")
-TRAINERS = ("reward", "dpo")
 # HelpSteer2 paper (Wang et al. 2024, arXiv 2406.08673), appendix H: the weights of the attribute
 # ratings that turn its multi-attribute reward model into one score.
 HELPSTEER2_WEIGHTS = {"helpfulness": 0.65, "correctness": 0.8, "coherence": 0.45, "complexity": 0.55, "verbosity": -0.4}
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class TinyModelConfig(_Strict):
@@ -177,11 +179,6 @@ def validate(data: Any, source: str = "config") -> LMTrainConfig:
         raise ConfigError(f"{source}: {_first_error(err)}") from None
 
 
-def load(path: str | Path) -> LMTrainConfig:
-    """Read and validate a ``heron lm train`` YAML config."""
-    return validate(read_yaml(path), str(path))
-
-
 # -- teachers and label sources ----------------------------------------------------------------------
 
 
@@ -217,16 +214,16 @@ def label_sources(
     directions = {f.name: f.direction for f in ranking.factors}
     for name, w in config.weights.items():
         directions.setdefault(name, "min" if w < 0 else "max")
-    directions.setdefault("helpfulness", "max")
     for name, direction in directions.items():
         sources[f"{name}:{direction}" if direction == "min" else name] = (Hierarchy([Factor(name, direction)]), None)
+    # the teacher of method ``helpfulness``, even where the hierarchy or the weights rank it as a cost
+    sources.setdefault("helpfulness", (Hierarchy([Factor("helpfulness")]), None))
     if columns is None:
         return sources
-    keep = {"heron", teacher(config)}
     return {
-        name: (ranking, weights)
-        for name, (ranking, weights) in sources.items()
-        if name in keep or set(weights or ranking.names) <= set(columns)
+        name: (source_ranking, weights)
+        for name, (source_ranking, weights) in sources.items()
+        if name in ("heron", config.method) or set(weights or source_ranking.names) <= set(columns)
     }
 
 
@@ -244,11 +241,6 @@ def label_pairs(
     return pairs_from_ratings(columns, ranking, prompt=config.prompt, response=config.response)
 
 
-def teacher(config: LMTrainConfig) -> str:
-    """The label source a method trains on."""
-    return "helpfulness" if config.method == "helpfulness" else config.method
-
-
 # -- split -------------------------------------------------------------------------------------------
 
 
@@ -258,21 +250,19 @@ def split_by_prompt(
     """(train, held-out) tables; ``fraction`` of the distinct prompts is held out (at least one, never all)."""
     if prompt not in table:
         raise ConfigError(f"prompt column {prompt!r} is not a column of the ratings (columns: {', '.join(table)})")
-    keys = [p if isinstance(p, str) else json.dumps(p, sort_keys=True, default=str) for p in table[prompt]]
-    first: dict[str, int] = {}
-    codes = np.fromiter((first.setdefault(k, len(first)) for k in keys), dtype=np.int64, count=len(keys))
-    if len(first) < 2:
-        raise ConfigError(f"the ratings hold {len(first)} distinct prompt(s); a held-out split needs at least 2")
-    held = np.random.default_rng(seed).permutation(len(first))[
-        : min(len(first) - 1, max(1, round(fraction * len(first))))
+    codes = _group_codes(_object_array(table[prompt]))  # the same prompts as pairs_from_ratings groups
+    firsts = np.unique(codes)  # one row per prompt, in the order prompts first appear
+    if len(firsts) < 2:
+        raise ConfigError(f"the ratings hold {len(firsts)} distinct prompt(s); a held-out split needs at least 2")
+    held = np.random.default_rng(seed).permutation(len(firsts))[
+        : min(len(firsts) - 1, max(1, round(fraction * len(firsts))))
     ]
-    mask = np.isin(codes, held)
-    train_rows, eval_rows = np.flatnonzero(~mask), np.flatnonzero(mask)
-
-    def take(rows: np.ndarray) -> dict[str, list[Any]]:
-        return {name: [values[i] for i in rows.tolist()] for name, values in table.items()}
-
-    return take(train_rows), take(eval_rows)
+    mask = np.isin(codes, firsts[held])
+    columns = {name: _object_array(values) for name, values in table.items()}
+    return (
+        {name: values[~mask].tolist() for name, values in columns.items()},
+        {name: values[mask].tolist() for name, values in columns.items()},
+    )
 
 
 # -- models ------------------------------------------------------------------------------------------
@@ -324,9 +314,7 @@ def build_models(config: LMTrainConfig, texts: Sequence[str]) -> tuple[Any, Any,
         gpt2.num_labels = 1  # one score per sequence (the reward head)
         model = head.from_config(gpt2)
     else:
-        path = Path(config.model)
-        if not path.is_dir():
-            raise ConfigError(f"model: {config.model!r} is neither 'tiny' nor a local model directory")
+        path = Path(config.model)  # a directory: LMTrainConfig checked it
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(path)
             kwargs = {"num_labels": 1} if config.trainer == "reward" else {}
@@ -383,30 +371,29 @@ def implicit_rewards(
     """
     import torch
 
-    pad = tokenizer.pad_token_id
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(
+        [p + r + tokenizer.eos_token for p, r in zip(prompts, responses, strict=True)], add_special_tokens=False
+    )["input_ids"]
     rows, starts = [], []
-    for p, r in zip(prompts, responses, strict=True):
-        prompt_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
-        full = tokenizer(p + r + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    for prompt, full in zip(prompt_ids, full_ids, strict=True):
         start = next(
-            (i for i, (a, b) in enumerate(zip(prompt_ids, full, strict=False)) if a != b),
-            min(len(prompt_ids), len(full)),
+            (i for i, (a, b) in enumerate(zip(prompt, full, strict=False)) if a != b), min(len(prompt), len(full))
         )
-        rows.append(full[: config.max_length])
+        rows.append(torch.tensor(full[: config.max_length]))
         starts.append(min(start, len(rows[-1]) - 1))
+    lengths, first = torch.tensor([len(r) for r in rows]), torch.tensor(starts)
     device = next(policy.parameters()).device
     out = np.empty(len(rows))
     policy.eval()
     with torch.no_grad():
         for batch in _batches(len(rows), 64):
-            width = max(len(rows[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            completion = torch.zeros_like(ids, dtype=torch.bool)
-            for k, i in enumerate(batch):
-                ids[k, : len(rows[i])] = torch.tensor(rows[i])
-                mask[k, : len(rows[i])] = 1
-                completion[k, starts[i] : len(rows[i])] = True
+            ids = torch.nn.utils.rnn.pad_sequence(
+                [rows[i] for i in batch], batch_first=True, padding_value=tokenizer.pad_token_id
+            )
+            position = torch.arange(ids.shape[1])
+            mask = (position < lengths[batch.start : batch.stop, None]).long()
+            completion = mask.bool() & (position >= first[batch.start : batch.stop, None])
             ids, mask, completion = ids.to(device), mask.to(device), completion.to(device)
             logps = []
             for model in (policy, reference):
@@ -459,13 +446,10 @@ def train_lm(config: LMTrainConfig | Mapping[str, Any], *, progress: bool = Fals
     config = validate(config)
     out = Path(config.out)
     table = read_ratings(config.ratings, split=config.split)
-    for role, name in (("prompt", config.prompt), ("response", config.response)):
-        if name not in table:
-            raise ConfigError(f"{config.ratings}: {role} column {name!r} is not a column (columns: {', '.join(table)})")
-    train_table, eval_table = split_by_prompt(table, config.prompt, config.eval_fraction, config.seed)
     sources = label_sources(config, list(table))
-    trained_on = teacher(config)
-    try:
+    trained_on = config.method
+    try:  # errors name the column; pairs_from_ratings checks the response column and the attributes
+        train_table, eval_table = split_by_prompt(table, config.prompt, config.eval_fraction, config.seed)
         train_pairs = label_pairs(train_table, sources[trained_on], trained_on, config)
         eval_pairs = {name: label_pairs(eval_table, source, name, config) for name, source in sources.items()}
     except ConfigError as err:
@@ -493,8 +477,6 @@ def train_lm(config: LMTrainConfig | Mapping[str, Any], *, progress: bool = Fals
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
     scores = _scores(config, trainer.model, reference, tokenizer, eval_table)
-    prompts = [str(p) for p in eval_table[config.prompt]]
-    responses = [str(r) for r in eval_table[config.response]]
     accuracy = [
         {
             "labels": name,
@@ -505,7 +487,7 @@ def train_lm(config: LMTrainConfig | Mapping[str, Any], *, progress: bool = Fals
         for name, pairs in eval_pairs.items()
     ]
     train_scores = _scores(config, trainer.model, reference, tokenizer, train_table)
-    words = np.array([len(r.split()) for r in responses], dtype=np.float64)
+    words = np.array([len(str(r).split()) for r in eval_table[config.response]], dtype=np.float64)
     metrics = {
         "method": config.method,
         "trainer": config.trainer,
@@ -513,8 +495,8 @@ def train_lm(config: LMTrainConfig | Mapping[str, Any], *, progress: bool = Fals
         "train_pairs": train_pairs.report.summary(),
         "train_pairs_kept": len(trainer.train_dataset),  # trl drops pairs longer than max_length
         "train_prompts": train_pairs.report.prompts,
-        "eval_prompts": len(set(prompts)),
-        "eval_responses": len(responses),
+        "eval_prompts": eval_pairs["heron"].report.prompts,
+        "eval_responses": len(scores),
         "steps": trainer.state.global_step,
         "train_seconds": round(seconds, 2),
         "loss_first": losses[0] if losses else None,
