@@ -102,6 +102,9 @@ class ComparisonConfig(_Strict):
     :param update_every: env steps between refits (0: every rollout for on-policy, 1,000 for off-policy).
     :param warmup_steps: env steps before the first refit (off-policy: at least ``learning_starts``).
     :param teacher_noise: probability of flipping each label (robustness studies).
+    :param pair_within: ``pool`` (any two units of the pool) or ``step`` (two transitions of the
+        same vector step: with one env per completion of a prompt, the completions of one prompt
+        are compared with each other only; needs ``unit: transition`` and two or more envs).
     """
 
     unit: Literal["transition", "segment", "episode"] = "transition"
@@ -113,6 +116,13 @@ class ComparisonConfig(_Strict):
     update_every: int = Field(0, ge=0, strict=True)
     warmup_steps: int = Field(0, ge=0, strict=True)
     teacher_noise: float = Field(0.0, ge=0.0, le=0.5, allow_inf_nan=False)
+    pair_within: Literal["pool", "step"] = "pool"
+
+    @model_validator(mode="after")
+    def _step_pairs_are_transitions(self) -> ComparisonConfig:
+        if self.pair_within == "step" and self.unit != "transition":
+            raise ValueError(f"pair_within: step compares transitions of one vector step (unit is {self.unit})")
+        return self
 
 
 class EvalConfig(_Strict):

@@ -29,6 +29,7 @@ from heron.preferences import (
     aggregate,
     flip,
     sample_pairs,
+    sample_step_pairs,
 )
 from heron.resources import ADAM, FLOAT, check_memory, mlp_parameters
 from heron.reward_model import BradleyTerryTrainer, RewardModel, TrainerConfig, Units, masked_scores
@@ -109,6 +110,8 @@ class HeronLoop:
         self.n_envs = n_envs
         self.model_config = validate_section(RewardModelConfig, reward_model, "reward_model")
         self.comparison = validate_section(ComparisonConfig, comparison, "comparison")
+        if self.comparison.pair_within == "step" and n_envs < 2:
+            raise ConfigError("comparison.pair_within: step compares envs of one vector step and needs n_envs >= 2")
         for name in weights or {}:
             if name not in self.hierarchy.names:
                 raise ConfigError(
@@ -186,9 +189,14 @@ class HeronLoop:
         if len(index) < 2:
             return {}
         z = aggregate(self.pool.flat("factors").astype(np.float64), index, comparison.aggregate)
-        pairs = sample_pairs(
-            len(index), comparison.pairs, self.rng, comparison.units_per_batch, self.model_config.batch_size
-        )
+        if comparison.pair_within == "step":  # transition units are ordered step-major
+            pairs = sample_step_pairs(len(index) // self.n_envs, self.n_envs, comparison.pairs, self.rng)
+        else:
+            pairs = sample_pairs(
+                len(index), comparison.pairs, self.rng, comparison.units_per_batch, self.model_config.batch_size
+            )
+        if not len(pairs):
+            return {}
         result = self.teacher.label(z[pairs[:, 0]], z[pairs[:, 1]], finite_std(z))
         labels = flip(result.labels, comparison.teacher_noise, self.rng)
         flat_rows, finite = self.encoding.rows({k: self.pool.flat(k) for k in self.encoding.inputs})

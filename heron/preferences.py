@@ -214,6 +214,17 @@ def sample_pairs(n_units: int, n_pairs: int, rng: np.random.Generator, group: in
     return pairs.reshape(-1, 2)[:n_pairs]
 
 
+def sample_step_pairs(n_steps: int, n_envs: int, n_pairs: int, rng: np.random.Generator) -> np.ndarray:
+    """Random pairs of distinct envs at one vector step, shape (P, 2), as transition unit indices
+    ``step * n_envs + env`` (empty when there is no step or fewer than two envs)."""
+    if n_steps < 1 or n_envs < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    step = rng.integers(0, n_steps, n_pairs) * n_envs
+    first = rng.integers(0, n_envs, n_pairs)
+    second = (first + rng.integers(1, n_envs, n_pairs)) % n_envs
+    return np.stack([step + first, step + second], axis=1)
+
+
 def flip(labels: np.ndarray, probability: float, rng: np.random.Generator) -> np.ndarray:
     """Teacher noise: each label flipped with the given probability."""
     if probability <= 0:
