@@ -118,7 +118,7 @@ def train(
             raise ConfigError("missing CONFIG (a YAML run config) or --resume RUN_DIR")
         from heron import config as configs
 
-        data, variants, threshold = configs.load_sweep(config)  # the file's own errors name the file
+        data, variants, threshold, _ = configs.load_sweep(config)  # the file's own errors name the file
         if variants or threshold is not None:
             uses = [f"runs its variants ({', '.join(variants)})"] if variants else []
             uses += ["uses its threshold"] if threshold is not None else []
@@ -242,6 +242,13 @@ def compare(
     ),
     backend: Annotated[str, typer.Option(help="local (process pool) or ray.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray instance).")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray: where trials' checkpoints and metrics go and the sweep resumes from; a path or a URI "
+            "pyarrow opens (file://, s3://, gs://). Default OUT/ray."
+        ),
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Local processes (default: the cores).", min=1)] = None,
     threshold: Annotated[float | None, typer.Option(help="Return for the steps-to-threshold column.")] = None,
     progress: Annotated[bool, typer.Option(help="Show overall progress.")] = True,
@@ -257,6 +264,7 @@ def compare(
         out,
         backend=backend,
         address=address,
+        storage=storage,
         workers=workers,
         threshold=threshold,
         progress=progress,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -382,19 +382,33 @@ def load(path: str | Path) -> RunConfig:
     return validate(read_yaml(path), str(path))
 
 
-def load_sweep(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], float | None]:
-    """A compare config: a run config plus optional ``variants`` ({name: overrides}) and ``threshold``."""
+class Sweep(NamedTuple):
+    """A compare config: the run config, its ``variants`` ({name: overrides}), the ``threshold`` of
+    ``steps_to_threshold`` and the ``pareto`` settings of vector-reward envs (see
+    :func:`heron.experiments.pareto.report_sweep`)."""
+
+    base: dict[str, Any]
+    variants: dict[str, dict[str, Any]]
+    threshold: float | None
+    pareto: dict[str, Any] | None
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """A compare config: a run config plus optional ``variants``, ``threshold`` and ``pareto``."""
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings")
     variants = data.pop("variants", None) or {}
     threshold = data.pop("threshold", None)
+    pareto = data.pop("pareto", None)
     if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
         raise ConfigError(f"{path}: variants must map names to setting overrides")
     if threshold is not None and not isinstance(threshold, int | float):
         raise ConfigError(f"{path}: threshold must be a number")
+    if pareto is not None and not isinstance(pareto, dict):
+        raise ConfigError(f"{path}: pareto must be a mapping (reference_point, front, weights)")
     validate(data, str(path))
-    return data, variants, None if threshold is None else float(threshold)
+    return Sweep(data, variants, None if threshold is None else float(threshold), pareto)
 
 
 def _first_error(err: ValidationError) -> str:

@@ -199,7 +199,7 @@ def test_missing_or_damaged_run_dir_is_one_line_exit_2(runs: dict[str, Path], tm
 
 
 def test_pendulum_ships_the_margins_the_advisor_chose_and_keeps_the_zero_margin_variant() -> None:
-    base, variants, _ = load_sweep(Path(__file__).parents[1] / "configs" / "pendulum.yaml")
+    base, variants, *_ = load_sweep(Path(__file__).parents[1] / "configs" / "pendulum.yaml")
     shipped = to_hierarchy(validate(base).hierarchy or ())
     assert shipped == REGISTRY["heron/Pendulum-v1"].hierarchy  # the demo trains on the registry's default
     assert [(f.margin, f.margin_mode) for f in shipped.factors] == [(0.1, "std"), (0.1, "std"), (0.0, "absolute")]

@@ -194,6 +194,6 @@ def test_compare_on_local_ray(tmp_path: Path, monkeypatch) -> None:
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_configs_and_every_variant_validate(path: Path) -> None:
     """Every config in configs/ and each of its variants is a valid run, as `heron compare` reads it."""
-    base, variants, _ = load_sweep(path)
+    base, variants, *_ = load_sweep(path)
     for name in (*METHODS, *variants):
         assert resolve_method(base, name, variants)["env"] == base["env"]

@@ -22,6 +22,7 @@ from heron import checkpoints, report
 from heron.config import METHODS, load_sweep, validate
 from heron.envs import REGISTRY
 from heron.errors import ConfigError
+from heron.experiments.pareto import report_sweep, settings
 from heron.experiments.summary import summarize, write_summary
 
 _NOISE = re.compile(r"^heron-noise(\d+(?:\.\d+)?)$")
@@ -67,7 +68,7 @@ def resolve_method(base: dict[str, Any], name: str, variants: dict[str, dict[str
         config.setdefault("comparison", {})["teacher_noise"] = float(match.group(1))
     elif name == SWAP:
         config["method"] = "heron"
-        ranking = config.get("hierarchy") or _default_ranking(config["env"])
+        ranking = config.get("hierarchy") or _default_ranking(config)
         if len(ranking) < 2:
             raise ConfigError("heron-swap: the ranking has fewer than two factors")
         config["hierarchy"] = [ranking[1], ranking[0], *ranking[2:]]
@@ -80,10 +81,15 @@ def resolve_method(base: dict[str, Any], name: str, variants: dict[str, dict[str
     return config
 
 
-def _default_ranking(env: str) -> list[dict[str, Any]]:
-    if env not in REGISTRY:
+def _default_ranking(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ranking of a config without a hierarchy: the registered env's, or a vector-reward env's objectives."""
+    env = config["env"]
+    if env in REGISTRY:
+        return REGISTRY[env].as_json()["hierarchy"]
+    hierarchy = validate(config, f"method {SWAP}").hierarchy  # objectives, in order, make the ranking
+    if hierarchy is None:
         raise ConfigError(f"heron-swap: env {env} has no default ranking; give a hierarchy")
-    return REGISTRY[env].as_json()["hierarchy"]
+    return [f.model_dump() for f in hierarchy]
 
 
 def _merge(into: dict[str, Any], overrides: dict[str, Any]) -> None:
@@ -110,8 +116,11 @@ def plan(
     return jobs
 
 
-def run_job(job: Job) -> Outcome:
-    """Train, resume or skip one job; failures are reported, never raised."""
+def run_job(job: Job, on_checkpoint: Callable[[Path], None] | None = None) -> Outcome:
+    """Train, resume or skip one job; failures are reported, never raised.
+
+    :param on_checkpoint: called with each checkpoint set's folder once the run's ``LATEST`` names it.
+    """
     from heron.sb3.run import resume, run_config
 
     try:
@@ -119,11 +128,12 @@ def run_job(job: Job) -> Outcome:
         if found is not None:
             if found.state.get("complete"):
                 return Outcome(job.method, job.seed, "skipped")
-            resume(job.run_dir)
+            resume(job.run_dir, on_checkpoint=on_checkpoint)
         else:
             if job.run_dir.exists():
                 shutil.rmtree(job.run_dir)  # started but never checkpointed: nothing to keep
-            run_config(validate(job.config, f"{job.method} seed {job.seed}"), out=job.run_dir)
+            config = validate(job.config, f"{job.method} seed {job.seed}")
+            run_config(config, out=job.run_dir, on_checkpoint=on_checkpoint)
     except Exception as err:  # one failed run must not stop the sweep
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         return Outcome(job.method, job.seed, "failed", f"{type(err).__name__}: {first}")
@@ -150,35 +160,13 @@ def _run_local(jobs: list[Job], workers: int, on_event: Callable[[str, Job, Outc
 
 
 def _run_ray(
-    jobs: list[Job], address: str | None, on_event: Callable[[str, Job, Outcome | None], None]
+    jobs: list[Job], storage: str, address: str | None, on_event: Callable[[str, Job, Outcome | None], None]
 ) -> list[Outcome]:
     try:
-        import ray
+        from heron.experiments.tune import run_sweep
     except ImportError:
         raise ConfigError("--backend ray needs `pip install heron-rl[ray]`") from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    try:
-        remote = ray.remote(num_cpus=1)(run_job)
-        refs = {}
-        for job in jobs:
-            refs[remote.remote(job)] = job
-            on_event("start", job, None)
-        outcomes = []
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            outcome = ray.get(done[0])
-            outcomes.append(outcome)
-            on_event("end", refs[done[0]], outcome)
-        return outcomes
-    finally:
-        if started_here:
-            ray.shutdown()
+    return run_sweep(jobs, storage, address, on_event)
 
 
 @dataclass
@@ -198,6 +186,7 @@ def compare(
     *,
     backend: str = "local",
     address: str | None = None,
+    storage: str | None = None,
     workers: int | None = None,
     threshold: float | None = None,
     progress: bool = True,
@@ -208,23 +197,29 @@ def compare(
     :param methods: method names (see :func:`resolve_method`).
     :param seeds: a number of seeds (0..N-1) or explicit seeds.
     :param out: the sweep directory; runs already complete there are skipped, interrupted ones resumed.
-    :param backend: ``local`` (a process pool) or ``ray`` (a Ray cluster; local when no address).
+    :param backend: ``local`` (a process pool) or ``ray`` (Ray Tune trials on a Ray cluster; local
+        when no address).
+    :param storage: ``ray`` only: where trials' checkpoints and metrics go and a sweep resumes
+        from, a local path or a URI pyarrow opens (default ``out/ray``; see ``docs/ray.md``).
     :param workers: local processes (default: the machine's cores).
     :param threshold: return for ``steps_to_threshold`` (default: the config's, if any).
     """
-    base, variants, config_threshold = load_sweep(config)
+    base, variants, config_threshold, pareto = load_sweep(config)
+    front = settings(pareto)  # checked before any run starts
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ConfigError("--seeds must be at least 1")
     if backend not in ("local", "ray"):
         raise ConfigError(f"--backend must be local or ray, got {backend!r}")
+    if storage is not None and backend != "ray":
+        raise ConfigError("--storage is for --backend ray")
     out = Path(out)
     jobs = plan(base, methods, seed_list, variants, out)
     out.mkdir(parents=True, exist_ok=True)
     threshold = config_threshold if threshold is None else threshold
     with _Status(len(jobs), progress) as status:
         if backend == "ray":
-            outcomes = _run_ray(jobs, address, status.event)
+            outcomes = _run_ray(jobs, storage or str(out / "ray"), address, status.event)
         else:
             outcomes = _run_local(jobs, workers or os.cpu_count() or 1, status.event)
     curves = {m: [report.read_metrics(j.run_dir / "metrics.csv") for j in jobs if j.method == m] for m in methods}
@@ -239,6 +234,7 @@ def compare(
     if factors:
         report.plot_factor_curves(curves, factors, out / "factor_curves.png", title)
     (out / "outcomes.json").write_text(json.dumps([o.__dict__ for o in outcomes], indent=1))
+    report_sweep(jobs, curves, table, out, title, threshold, front)
     return CompareResult(table, outcomes, out)
 
 

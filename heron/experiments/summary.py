@@ -47,8 +47,14 @@ def summarize(curves: Curves, threshold: float | None) -> list[dict[str, object]
     return table
 
 
-def write_summary(table: Sequence[Mapping[str, object]], out: Path, title: str, threshold: float | None) -> None:
-    """``summary.csv`` (every column) and ``summary.md`` (mean ± 95% CI)."""
+def write_summary(
+    table: Sequence[Mapping[str, object]],
+    out: Path,
+    title: str,
+    threshold: float | None,
+    notes: Sequence[str] = (),
+) -> None:
+    """``summary.csv`` (every column) and ``summary.md`` (mean ± 95% CI, then ``notes``, a paragraph each)."""
     columns: list[str] = []
     for row in table:
         columns += [k for k in row if k not in columns]
@@ -74,6 +80,8 @@ def write_summary(table: Sequence[Mapping[str, object]], out: Path, title: str, 
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Values are means over seeds ± the half-width of the 95% confidence interval (Student t)."]
+    for note in notes:
+        lines += ["", note]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 

@@ -317,10 +317,20 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 class Run:
-    """One training run, built whole from a resolved config before anything trains."""
+    """One training run, built whole from a resolved config before anything trains.
 
-    def __init__(self, cfg: RunConfig, env_fn: Callable[[], gym.Env], run_dir: Path | None, progress: bool) -> None:
-        self.cfg, self.run_dir = cfg, run_dir
+    :param on_checkpoint: called with each checkpoint set's folder once ``LATEST`` names it.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        env_fn: Callable[[], gym.Env],
+        run_dir: Path | None,
+        progress: bool,
+        on_checkpoint: Callable[[Path], None] | None = None,
+    ) -> None:
+        self.cfg, self.run_dir, self.on_checkpoint = cfg, run_dir, on_checkpoint
         self.hierarchy = to_hierarchy(cfg.hierarchy or ())
         self.factor_names = self.hierarchy.names
         self.swap = self._vec_env(env_fn)
@@ -420,7 +430,9 @@ class Run:
             "elapsed_s": self.clock(),
             "config": self.cfg.model_dump(mode="json"),
         }
-        checkpoints.write(self.run_dir, files, state)
+        written = checkpoints.write(self.run_dir, files, state)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(written)
 
     def _replay_extra(self) -> dict[str, np.ndarray]:
         adapter = self.adapter
@@ -477,7 +489,13 @@ class Run:
         return TrainResult(model, reward_model, self.evaluation.metrics, self.run_dir, cfg, self.loop)
 
 
-def _build(cfg: RunConfig, env: EnvSpec, run_dir: Path | None, progress: bool) -> Run:
+def _build(
+    cfg: RunConfig,
+    env: EnvSpec,
+    run_dir: Path | None,
+    progress: bool,
+    on_checkpoint: Callable[[Path], None] | None = None,
+) -> Run:
     env_fn = _env_factory(env, cfg.env_kwargs)
     try:
         probe = env_fn()
@@ -495,17 +513,22 @@ def _build(cfg: RunConfig, env: EnvSpec, run_dir: Path | None, progress: bool) -
         factor_names = probe_factor_names(probe, cfg.seed, f"env {made}")
     finally:
         probe.close()
-    return Run(resolve(cfg, env, factor_names, made), env_fn, run_dir, progress)
+    return Run(resolve(cfg, env, factor_names, made), env_fn, run_dir, progress, on_checkpoint)
 
 
 def run_config(
-    cfg: RunConfig, env: EnvSpec | None = None, out: str | Path | None = None, progress: bool = False
+    cfg: RunConfig,
+    env: EnvSpec | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> TrainResult:
-    """Train from a validated config. ``env`` overrides ``cfg.env`` with an object or callable."""
+    """Train from a validated config. ``env`` overrides ``cfg.env`` with an object or callable;
+    ``on_checkpoint`` is called with each checkpoint set's folder once ``LATEST`` names it."""
     run_dir = Path(out) if out is not None else None
     created = _prepare_out(run_dir) if run_dir is not None else False
     try:
-        run = _build(cfg, cfg.env if env is None else env, run_dir, progress)
+        run = _build(cfg, cfg.env if env is None else env, run_dir, progress, on_checkpoint)
     except BaseException:
         if created and run_dir is not None and not any(run_dir.iterdir()):
             run_dir.rmdir()  # a run that never started leaves no directory behind
@@ -541,8 +564,11 @@ def _prepare_out(run_dir: Path) -> bool:
     return created
 
 
-def resume(run_dir: str | Path, progress: bool = False) -> TrainResult:
-    """Continue an interrupted run from its last checkpoint (a finished run is left as it is)."""
+def resume(
+    run_dir: str | Path, progress: bool = False, on_checkpoint: Callable[[Path], None] | None = None
+) -> TrainResult:
+    """Continue an interrupted run from its last checkpoint (a finished run is left as it is);
+    ``on_checkpoint`` as in :func:`run_config`."""
     run_dir, cfg = load_run(run_dir, "resume")
     config_file = run_dir / "config.yaml"
     ckpt = checkpoints.latest(run_dir)
@@ -552,7 +578,7 @@ def resume(run_dir: str | Path, progress: bool = False) -> TrainResult:
     if not isinstance(saved, dict):
         raise ConfigError(f"resume: the checkpoint of {run_dir} records no config")
     _same_config(cfg, saved, config_file)  # config.yaml is the resolved config: compare before building
-    run = _build(cfg, cfg.env, run_dir, progress)
+    run = _build(cfg, cfg.env, run_dir, progress, on_checkpoint)
     _same_config(run.cfg, saved, config_file)  # and what this version of heron resolves it to
     run.restore(ckpt)
     return run.learn()
