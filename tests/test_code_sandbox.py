@@ -367,3 +367,56 @@ def test_a_worker_dying_mid_job_scores_that_job_and_requeues_the_rest(each: Sand
     killer.join()
     assert [o.status for o in out] == ["runtime_error", "passed", "passed"]
     assert out[0].detail == "the sandbox worker died during the program"
+
+
+def test_nothing_a_program_writes_is_left_for_the_next(each: Sandbox) -> None:
+    writer = (
+        "import os\n"
+        "for folder in ('/tmp', '/var/tmp', '/dev/shm', os.getcwd()):\n"
+        "    try:\n"
+        "        os.makedirs(os.path.join(folder, 'left', 'deep'))\n"
+        "        open(os.path.join(folder, 'left', 'deep', 'file'), 'w').write('x')\n"
+        "        os.chmod(os.path.join(folder, 'left', 'deep'), 0)\n"
+        "        os.chmod(os.path.join(folder, 'left'), 0o500)\n"
+        "        os.symlink('/usr', os.path.join(folder, 'file'))\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    reader = (
+        "import os\n"
+        "LEFT = [os.path.join(f, n) for f in ('/tmp', '/var/tmp', '/dev/shm') if os.path.isdir(f)"
+        " for n in os.listdir(f) if n in ('left', 'file')]\n"
+        "TMP = os.listdir('/tmp')\nHERE = os.path.basename(os.getcwd())\n"
+    )
+    checks = ["assert LEFT == []", "assert TMP == [HERE]", "assert not os.listdir()"]
+    out = each.execute_many([writer, reader], [["assert os.path.isdir('/tmp/left')"], checks])
+    assert [o.status for o in out] == ["passed", "passed"], out
+    assert os.path.isdir("/usr") and os.listdir("/usr")  # the symlink was removed, not followed
+
+
+CACHE_PROBE = (  # walks up to the worker's run_job and reads its cache of compiled tests
+    "import sys\nframe = sys._getframe()\nwhile 'cache' not in frame.f_locals:\n    frame = frame.f_back\n"
+    "CACHE = frame.f_locals['cache']._compiled\nCACHED = [key[1] for key in CACHE if key[0] == 'test']\n"
+)
+
+
+def test_tests_compile_in_the_child_first_then_from_the_cache(each: Sandbox) -> None:
+    good = "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(2) == 4\n"
+    broken = "def check(candidate):\n    assert candidate(1) ==\n"
+    for _ in range(2):  # the first time compiled in the child, the second from the worker's cache
+        out = each.execute_many([INC, INC], [good, broken], entry_points=["inc", "inc"])
+        assert [(o.status, o.tests_passed, o.tests_run) for o in out] == [("failed", 1, 2), ("runtime_error", 0, 1)]
+        assert "SyntaxError" in out[1].detail
+    probe = CACHE_PROBE + f"GOOD = {good!r} in CACHED\nBROKEN = {broken!r} in CACHED\n"
+    assert each.execute(probe, ["assert GOOD", "assert not BROKEN"]).status == "passed"
+
+
+def test_a_program_cannot_change_the_cached_tests(each: Sandbox) -> None:
+    check = "def check(candidate):\n    assert candidate(1) == 2\n"
+    assert each.execute(INC, check, entry_point="inc").status == "passed"  # now cached
+    forger = (
+        CACHE_PROBE + "def inc(x):\n    return x\n"
+        "for key in CACHE:\n    CACHE[key] = [compile('def check(candidate):\\n    pass\\n', '<test>', 'exec')]\n"
+    )
+    assert each.execute(forger, check, entry_point="inc").status == "failed"  # its tests were loaded already
+    assert each.execute("def inc(x):\n    return x\n", check, entry_point="inc").status == "failed"

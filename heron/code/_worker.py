@@ -2,14 +2,27 @@
 
 It is started once per pool slot by :mod:`heron.code.sandbox`, already inside bubblewrap or
 ``unshare`` (its own network, PID, IPC and mount namespaces), and runs as a plain script with the
-standard library only (``python -I _worker.py``). It sets up what must be done with privileges
-(the fallback's private ``/tmp`` mounts and loopback), drops to an unprivileged uid, then reads one
-job per line as JSON on stdin and answers one JSON line on stdout. Per job it forks a child (no new
-interpreter) that starts its own session and process group, applies the resource limits, enters a
-fresh temporary directory, compiles and runs the program and its tests, and writes its result as
-JSON to a pipe. When the child exits or the wall-clock limit passes, the worker kills the child's
-whole process group and then every other process it can signal in its PID namespace, so nothing a
-program started survives its job.
+standard library only (``python -I -S -c SOURCE``: no ``site`` module, so no ``.pth`` file runs in
+it and its heap stays small, which is what each fork copies). It sets up what must be done with
+privileges (the fallback's private ``/tmp`` mounts and loopback), drops to an unprivileged uid, then
+reads one job per line as JSON on stdin and answers one JSON line on stdout. Per job it forks a
+child (no new interpreter) that starts its own session and process group, applies the resource
+limits, enters a fresh directory under the private ``/tmp``, compiles the tests, then compiles and
+runs the program against them, and writes its result as JSON to a pipe. When the child exits or the
+wall-clock limit passes, the worker kills every process it can signal in its PID namespace (all but
+itself: the child's process group, and whatever left it), so nothing a program started survives its
+job; then it empties every writable directory (``/tmp``, and ``/var/tmp`` and ``/dev/shm`` in the
+``unshare`` fallback), so nothing a program wrote is seen by the next one.
+
+Compiled tests are cached. The first time a worker sees a test (source or list of asserts), the
+child compiles it, within the job's resource limits and before the program is even compiled, and
+writes one byte to the result pipe saying whether that succeeded within ``CACHE_COMPILE_S`` of CPU:
+only that byte, which the program cannot change (it does not run until the byte is written), lets
+the worker compile the same test itself and keep the code objects (at most ``CACHE_ENTRIES`` tests
+and ``CACHE_CHARS`` characters of source, least recently used out). Later jobs with that test fork
+with the code already in memory, and the child only compiles the program. So a test that does not
+compile, or that exhausts the limits while compiling (a compile bomb), is only ever compiled inside a
+child, as before; and a child cannot alter the worker's cached code (its memory is a copy).
 
 A job is ``{"program", "tests" | "test", "entry_point", "timeout_s", "memory_mb", "file_mb"}``; a
 reply is ``{"status", "passed", "run", "detail", "seconds"}``.
@@ -24,42 +37,42 @@ AssertionError is also an error: any error makes the status ``runtime_error`` (a
 
 from __future__ import annotations
 
-import argparse
 import ast
 import builtins
 import contextlib
 import ctypes
 import errno
 import fcntl
+import gc
 import json
 import os
 import resource
 import select
-import shutil
 import signal
-import socket
 import struct
 import sys
-import tempfile
 import time
+from json.encoder import encode_basestring_ascii as _encode_string
+from types import CodeType
 from typing import Any
 
 RESULT_LIMIT = 1 << 16  # bytes of result JSON read from a child
 DETAIL_LIMIT = 300  # characters of the failure description kept
+CACHE_ENTRIES = 1024  # compiled tests a worker keeps, at most
+CACHE_CHARS = 1 << 19  # and at most this many characters of their sources (the worker's heap, which forks copy)
+CACHE_COMPILE_S = 0.25  # CPU seconds: a test that took longer to compile in the child is never cached
+# Imported by the worker once, so a program does not pay for them. Not ``random``, which reseeds in
+# every forked child (an at-fork hook), nor the large ``decimal``, ``hashlib`` and ``statistics``:
+# every fork would pay for them, and few programs import them.
 PREIMPORT = (
     "bisect",
     "collections",
-    "decimal",
-    "fractions",
     "functools",
-    "hashlib",
     "heapq",
     "itertools",
     "math",
     "operator",
-    "random",
     "re",
-    "statistics",
     "string",
     "typing",
 )
@@ -80,25 +93,55 @@ def _describe(exc: BaseException) -> str:
 
 
 class _CountAsserts(ast.NodeTransformer):
-    """Rewrite ``assert cond`` into ``try: record(cond) except Exception as e: record(False, e)``."""
+    """Rewrite ``assert cond`` into ``try: record(cond) except Exception as e: record(False, e)``.
+
+    Every new node gets the assert's location here (``ast.fix_missing_locations`` would cost more
+    than the compile itself)."""
 
     def visit_Assert(self, node: ast.Assert) -> ast.stmt:
+        where = {name: getattr(node, name) for name in ("lineno", "col_offset", "end_lineno", "end_col_offset")}
+
+        def name(identifier: str) -> ast.Name:
+            return ast.Name(identifier, ast.Load(), **where)
+
         def record(*values: ast.expr) -> ast.stmt:
-            return ast.Expr(ast.Call(ast.Name(_RECORD, ast.Load()), list(values), []))
+            return ast.Expr(ast.Call(name(_RECORD), list(values), [], **where), **where)
 
-        error = ast.Name(_RECORD + "e", ast.Load())
-        handler = ast.ExceptHandler(
-            ast.Name("Exception", ast.Load()), _RECORD + "e", [record(ast.Constant(False), error)]
-        )
-        return ast.copy_location(ast.Try([record(node.test)], [handler], [], []), node)
+        error = record(ast.Constant(False, **where), name(_RECORD + "e"))
+        handler = ast.ExceptHandler(name("Exception"), _RECORD + "e", [error], **where)
+        return ast.Try([record(node.test)], [handler], [], [], **where)
 
 
-def evaluate(job: dict[str, Any]) -> dict[str, Any]:
+def compile_tests(job: dict[str, Any]) -> list[CodeType | BaseException]:
+    """Compile a job's tests: one code object per assert statement, or the one rewritten ``check``
+    source; a test that does not compile gives its exception instead, raised when it would run."""
+    compiled: list[CodeType | BaseException] = []
+    for i, source in enumerate(job["tests"] if "tests" in job else [job["test"]]):
+        try:
+            if "tests" in job:
+                compiled.append(compile(source, f"<test {i}>", "exec"))
+            else:
+                compiled.append(compile(_CountAsserts().visit(ast.parse(source, "<test>")), "<test>", "exec"))
+        except BaseException as exc:
+            compiled.append(exc)
+    return compiled
+
+
+def _run(test: CodeType | BaseException, namespace: dict[str, Any]) -> None:
+    if isinstance(test, BaseException):
+        raise test
+    exec(test, namespace)
+
+
+def evaluate(job: dict[str, Any], tests: list[CodeType | BaseException] | None = None) -> dict[str, Any]:
     """Compile and run one program and its tests in this process; return the result counts.
 
     :param job: the job dictionary (see the module docstring).
+    :param tests: the job's tests, compiled by :func:`compile_tests` (compiled here when None).
     :return: ``{"status", "passed", "run", "detail"}``.
     """
+    if tests is None:
+        tests = compile_tests(job)
     try:
         code = compile(job["program"], "<program>", "exec")
     except BaseException as exc:
@@ -114,10 +157,10 @@ def evaluate(job: dict[str, Any]) -> dict[str, Any]:
     counts = [0, 0, 0]  # run, passed, errors
     failures: list[str] = []
     if "tests" in job:
-        for i, test in enumerate(job["tests"]):
+        for i, test in enumerate(tests):
             counts[0] += 1
             try:
-                exec(compile(test, f"<test {i}>", "exec"), namespace)
+                _run(test, namespace)
                 counts[1] += 1
             except BaseException as exc:
                 counts[2] += not isinstance(exc, AssertionError)
@@ -136,9 +179,8 @@ def evaluate(job: dict[str, Any]) -> dict[str, Any]:
                 failures.append(f"assert {counts[0] - 1}: {_describe(error) if error else 'failed'}")
 
         try:
-            tree = _CountAsserts().visit(ast.parse(job["test"], "<test>"))
             namespace[_RECORD] = record
-            exec(compile(ast.fix_missing_locations(tree), "<test>", "exec"), namespace)
+            _run(tests[0], namespace)
             namespace["check"](namespace[str(entry_point)])
         except BaseException as exc:
             counts[0] += 1
@@ -149,12 +191,18 @@ def evaluate(job: dict[str, Any]) -> dict[str, Any]:
     return {"status": status, "passed": counts[1], "run": counts[0], "detail": detail}
 
 
-def _child(job: dict[str, Any], workdir: str, result_fd: int) -> None:
-    """Everything the forked child does before and around :func:`evaluate`; never returns."""
+def _child(job: dict[str, Any], workdir: str, result_fd: int, devnull: int, tests: list[CodeType] | None) -> None:
+    """Everything the forked child does before and around :func:`evaluate`; never returns. The
+    environment and ``sys.argv`` are the worker's, set once (see :func:`main`).
+
+    The first byte written to the result pipe is ``C`` when this child compiled the tests (``tests``
+    is None: the worker has not cached them) without error and within ``CACHE_COMPILE_S``, else
+    ``-``; it is written before the program is compiled, so the program cannot change it. The
+    result follows as JSON, written without ``json.dumps``: the fewer of the worker's pages a child
+    touches, the fewer it copies."""
     try:
         os.setsid()
         os.dup2(result_fd, 3)
-        devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         os.closerange(4, 1 << 16)
@@ -168,21 +216,32 @@ def _child(job: dict[str, Any], workdir: str, result_fd: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         os.chdir(workdir)
-        os.environ.clear()
-        os.environ.update({"HOME": workdir, "TMPDIR": workdir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
-        tempfile.tempdir = workdir
-        sys.argv = ["solution"]
-        data = json.dumps(evaluate(job)).encode()
-        os.write(3, data[:RESULT_LIMIT])
+        compiled: list[CodeType | BaseException]
+        if tests is None:
+            start = time.process_time()
+            compiled = compile_tests(job)
+            ok = time.process_time() - start < CACHE_COMPILE_S and not any(
+                isinstance(test, BaseException) for test in compiled
+            )
+            os.write(3, b"C" if ok else b"-")
+        else:
+            compiled = list(tests)
+            os.write(3, b"-")
+        result = evaluate(job, compiled)
+        detail = _encode_string(result["detail"])
+        line = f'{{"status": "{result["status"]}", "passed": {result["passed"]:d}, "run": {result["run"]:d}, '
+        os.write(3, f'{line}"detail": {detail}}}'.encode()[: RESULT_LIMIT - 1])
     finally:
         os._exit(0)
 
 
-def _sweep(pgid: int) -> None:
-    """Kill the job's process group and every other process this worker may signal, then reap."""
-    for target, sig in ((-pgid, signal.SIGKILL), (-1, signal.SIGKILL)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(target, sig)
+def _sweep() -> None:
+    """Kill every process this worker may signal (all but itself: it is pid 1 of its namespace), which
+    includes the job's process group and anything that left it, then reap them."""
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return  # none it may signal: the child was the only one, and it is reaped
     give_up = time.monotonic() + 2.0
     while time.monotonic() < give_up:
         try:
@@ -193,65 +252,129 @@ def _sweep(pgid: int) -> None:
             time.sleep(0.0005)
 
 
-def _remove(path: str) -> None:
-    def unlock(function: Any, name: str, _: Any) -> None:
-        os.chmod(os.path.dirname(name), 0o700)
-        os.chmod(name, 0o700)
-        function(name)
+def _empty(top: str) -> None:
+    """Remove everything under ``top``, whatever modes a program gave it, to any depth (no recursion)."""
+    try:
+        _remove_below(top)
+    except PermissionError:  # a program of the directory's owner (the unshare fallback as a user) locked it
+        os.chmod(top, 0o1777)
+        _remove_below(top)
 
-    shutil.rmtree(path, onerror=unlock)
+
+def _remove_below(top: str) -> None:
+    stack = [top]
+    while stack:
+        path = stack[-1]
+        with os.scandir(path) as scan:
+            entries = list(scan)
+        folders = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                os.chmod(entry.path, 0o700)
+                folders.append(entry.path)
+            else:
+                os.unlink(entry.path)
+        if folders:
+            stack += folders  # then ``path`` again, to remove it once they are gone
+        else:
+            stack.pop()
+            if path != top:
+                os.rmdir(path)
 
 
-def run_job(job: dict[str, Any], scratch: str) -> dict[str, Any]:
+class _Tests:
+    """The worker's cache of compiled tests, by source (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[tuple[str, ...], list[CodeType]] = {}
+        self._chars = 0
+
+    @staticmethod
+    def key(job: dict[str, Any]) -> tuple[str, ...]:
+        return ("tests", *job["tests"]) if "tests" in job else ("test", job["test"])
+
+    def get(self, job: dict[str, Any]) -> list[CodeType] | None:
+        key = self.key(job)
+        tests = self._compiled.pop(key, None)
+        if tests is not None:
+            self._compiled[key] = tests  # most recently used last
+        return tests
+
+    def add(self, job: dict[str, Any]) -> None:
+        """Compile the job's tests here and keep them; only after a child compiled them within limits."""
+        key = self.key(job)
+        chars = sum(map(len, key))
+        if chars > CACHE_CHARS or key in self._compiled:
+            return
+        compiled = compile_tests(job)
+        tests = [test for test in compiled if isinstance(test, CodeType)]
+        if len(tests) < len(compiled):
+            return
+        self._compiled[key] = tests
+        self._chars += chars
+        while len(self._compiled) > CACHE_ENTRIES or self._chars > CACHE_CHARS:
+            oldest = next(iter(self._compiled))
+            del self._compiled[oldest]
+            self._chars -= sum(map(len, oldest))
+
+
+def run_job(job: dict[str, Any], workdir: str, writable: list[str], devnull: int, cache: _Tests) -> dict[str, Any]:
     """Fork a child for one job, wait for it under the wall-clock limit, clean up after it.
 
     :param job: the job dictionary (see the module docstring).
-    :param scratch: the directory under which each job gets a fresh temporary directory.
+    :param workdir: the program's directory, created empty for each job.
+    :param writable: the directories programs can write to (``workdir`` is in one): all are emptied
+        after each job, once no process the program started is left.
+    :param devnull: a descriptor open on ``/dev/null``, the program's stdin, stdout and stderr.
+    :param cache: the compiled tests.
     :return: the reply dictionary.
     """
     start = time.monotonic()
-    workdir = tempfile.mkdtemp(dir=scratch)
+    os.mkdir(workdir, 0o700)
+    tests = cache.get(job)
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    gc.freeze()  # in the child, the worker's objects stay out of every collection: never walked, never copied
+    try:
+        pid = os.fork()
+    except OSError:
+        gc.unfreeze()
+        os.close(read_fd)
+        os.close(write_fd)
+        os.rmdir(workdir)
+        raise
     if pid == 0:
         os.close(read_fd)
-        _child(job, workdir, write_fd)
+        _child(job, workdir, write_fd, devnull, tests)
+    gc.unfreeze()
     os.close(write_fd)
     pidfd = os.pidfd_open(pid)
     deadline = start + float(job["timeout_s"])
+    exited = False
+    while not exited and (remaining := deadline - time.monotonic()) > 0:  # the result waits in the pipe
+        exited = bool(select.select([pidfd], [], [], remaining)[0])
+    _, wait_status = os.waitpid(pid, 0) if exited else (0, 0)
+    _sweep()
+    os.close(pidfd)
     chunks: list[bytes] = []
     size = 0
-    timed_out = exited = False
-    watch = [read_fd, pidfd]
-    while not exited:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            timed_out = True
-            break
-        ready, _, _ = select.select(watch, [], [], remaining)
-        if pidfd in ready:
-            exited = True
-            os.set_blocking(read_fd, False)
-        if read_fd in ready or exited:
-            try:
-                data = os.read(read_fd, RESULT_LIMIT)
-            except BlockingIOError:
-                data = b""
-            if not data and not exited:
-                watch = [pidfd]  # the program closed the result pipe: wait for the exit alone
-            elif size < RESULT_LIMIT:
-                chunks.append(data)
-                size += len(data)
-    _, wait_status = os.waitpid(pid, 0) if exited else (0, 0)
-    _sweep(pid)
+    os.set_blocking(read_fd, False)  # should a writer have survived the sweep
+    with contextlib.suppress(BlockingIOError):
+        while size < RESULT_LIMIT and (data := os.read(read_fd, RESULT_LIMIT)):
+            chunks.append(data)
+            size += len(data)
     os.close(read_fd)
-    os.close(pidfd)
-    _remove(workdir)
+    with contextlib.suppress(OSError):
+        os.rmdir(workdir)  # most programs write nothing: then a single scan of each directory follows
+    for path in writable:
+        _empty(path)
+    result = b"".join(chunks)[:RESULT_LIMIT]
+    if result[:1] == b"C":
+        cache.add(job)
     seconds = time.monotonic() - start
-    if timed_out:
+    if not exited:
         return {"status": "timeout", "passed": 0, "run": 0, "detail": "wall-clock limit", "seconds": seconds}
     try:
-        reply = json.loads(b"".join(chunks)[:RESULT_LIMIT])
+        reply = json.loads(result[1:])
         reply["seconds"] = seconds
         return reply
     except ValueError:
@@ -271,13 +394,15 @@ def _mount(libc: Any, source: str | None, target: str, fstype: str | None, flags
         raise OSError(ctypes.get_errno(), f"mount {target} failed")
 
 
-def _private_filesystem(tmpfs_mb: int, exposes: list[str]) -> None:
+def _private_filesystem(tmpfs_mb: int, exposes: list[str]) -> list[str]:
     """The ``unshare`` fallback: what bubblewrap's arguments do, in this private mount namespace.
 
     Fresh tmpfs mounts on ``/tmp``, ``/var/tmp`` and ``/dev/shm``; each ``ancestor:path`` in
     ``exposes`` hides ``ancestor`` (a directory others cannot enter, such as ``/root``) under an
     empty tmpfs and binds ``path`` (the Python installation) back; then every mount but those
     tmpfs and ``/proc`` is remounted read-only.
+
+    :return: the writable directories (the tmpfs mounts, ``/tmp`` first).
     """
     libc = ctypes.CDLL(None, use_errno=True)
     _mount(libc, "none", "/", None, _MS_REC | _MS_PRIVATE, None)
@@ -308,6 +433,7 @@ def _private_filesystem(tmpfs_mb: int, exposes: list[str]) -> None:
         flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY
         flags |= sum(flag for name, flag in _MOUNT_FLAGS.items() if name in options)
         _mount(libc, None, target, None, flags, None)
+    return scratch
 
 
 class _CapHeader(ctypes.Structure):
@@ -334,48 +460,67 @@ def _drop_capabilities() -> None:
 
 def _loopback_up() -> None:
     """The ``unshare`` fallback: a fresh network namespace starts with its loopback down."""
+    import socket  # only here: every fork of a worker copies what it imported
+
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sH22x", b"lo", 0)
         flags = struct.unpack("16sH22x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
         fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
 
 
+def _options(arguments: list[str]) -> dict[str, list[str]]:
+    """The worker's command line, as the host writes it (not argparse: it imports ``shutil``, ``lzma``
+    and more, which every fork would copy): ``--nproc=N`` (RLIMIT_NPROC for each job), ``--uid=N``
+    (the unprivileged uid to switch to when root), ``--path=DIR`` (appended to ``sys.path``, repeated),
+    and for the ``unshare`` fallback ``--private-mounts=MIB`` (the tmpfs size), ``--expose=ANCESTOR:PATH``
+    (repeated) and ``--loopback-up``; ``--heron-sandbox-worker`` only names the process in ``/proc``."""
+    options: dict[str, list[str]] = {}
+    for argument in arguments:
+        if not argument.startswith("--"):
+            sys.exit(f"heron sandbox worker: unexpected argument {argument!r}")
+        name, _, value = argument[2:].partition("=")
+        options.setdefault(name, []).append(value)
+    return options
+
+
 def main() -> None:
     """Set up, drop privileges, then serve jobs until stdin closes."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--uid", type=int, default=0, help="unprivileged uid to switch to (when root)")
-    parser.add_argument("--nproc", type=int, required=True, help="RLIMIT_NPROC for each job")
-    parser.add_argument("--private-mounts", type=int, default=0, help="tmpfs MiB for /tmp (unshare fallback)")
-    parser.add_argument("--expose", action="append", default=[], help="ANCESTOR:PATH to bind back (fallback)")
-    parser.add_argument("--loopback-up", action="store_true", help="bring lo up (unshare fallback)")
-    parser.add_argument("--heron-sandbox-worker", action="store_true", help="names this process in /proc")
-    args = parser.parse_args()
+    options = _options(sys.argv[1:])
+    nproc = int(options["nproc"][0])
     if os.getpid() > 2:
         sys.exit("heron sandbox worker: not in a private PID namespace; refusing to run")
+    sys.path += options.get("path", [])  # site-packages, where the host's Python has them (``-S`` left them out)
     for name in PREIMPORT:
         __import__(name)
-    if args.private_mounts:
-        _private_filesystem(args.private_mounts, args.expose)
-    if args.loopback_up:
+    writable = ["/tmp"]
+    if "private-mounts" in options:
+        writable = _private_filesystem(int(options["private-mounts"][0]), options.get("expose", []))
+    if "loopback-up" in options:
         _loopback_up()
-    if args.uid and os.getuid() == 0:
+    uid = int(options.get("uid", ["0"])[0])
+    if uid and os.getuid() == 0:
         os.setgroups([])
-        os.setgid(args.uid)
-        os.setuid(args.uid)
+        os.setgid(uid)
+        os.setuid(uid)
     elif os.getuid() == 0:
         _drop_capabilities()
     libc = ctypes.CDLL(None)
     libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # no setuid binary gives privileges back
     libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)  # programs may not ptrace or read this worker
-    scratch = tempfile.mkdtemp(prefix="heron-")
+    workdir = os.path.join(writable[0], "program")
+    os.environ.clear()  # once here, not in each child: what every program sees
+    os.environ.update({"HOME": workdir, "TMPDIR": workdir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+    sys.argv = ["solution"]
+    devnull = os.open(os.devnull, os.O_RDWR)
+    cache = _Tests()
     out = sys.stdout.buffer
     out.write(json.dumps({"ready": True, "uid": os.getuid()}).encode() + b"\n")
     out.flush()
     for line in sys.stdin.buffer:
         job = json.loads(line)
-        job["nproc"] = args.nproc
+        job["nproc"] = nproc
         try:
-            reply = run_job(job, scratch)
+            reply = run_job(job, workdir, writable, devnull, cache)
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.ENOMEM):
                 raise

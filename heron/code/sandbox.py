@@ -39,6 +39,7 @@ import os
 import select
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,9 @@ _REPLY_LIMIT = 1 << 20  # bytes; a worker reply is far smaller
 _DEPTH = 2  # jobs queued per worker
 _GRACE_S = 5.0  # how long past a job's timeout the host waits before it kills the worker itself
 _START_S = 30.0
+# The worker's dynamic linker resolves every symbol at start, not on first call: otherwise each forked
+# child writes, so copies, the pages of the symbol tables the worker had not yet used.
+_BIND_NOW = ("LD_BIND_NOW", "1")
 
 
 class SandboxUnavailable(ConfigError):
@@ -126,14 +130,15 @@ class _Worker:
                 source = f.read()
         except OSError as err:
             raise SandboxUnavailable(f"the {isolation} sandbox did not start: {_WORKER}: {err.strerror}") from None
-        worker = [python, "-I", "-c", source, _MARKER, "--nproc", str(nproc), "--uid", str(uid)]
+        worker = [python, "-I", "-S", "-c", source, _MARKER, f"--nproc={nproc}", f"--uid={uid}"]
+        worker += [f"--path={path}" for path in _site_packages()]
         if isolation == "bwrap":
             command = _bwrap_command(python, tmpfs_mb) + worker
         else:
             command = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--ipc", "--uts"]
             if os.getuid() != 0:
                 command += ["--user", "--map-root-user"]
-            command += [*worker, "--private-mounts", str(tmpfs_mb), "--loopback-up"]
+            command += [*worker, f"--private-mounts={tmpfs_mb}", "--loopback-up"]
             command += [f"--expose={ancestor}:{prefix}" for ancestor, prefix in _exposes(python)]
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in kill())
         self.process = subprocess.Popen(
@@ -141,7 +146,7 @@ class _Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
-            env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+            env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", _BIND_NOW[0]: _BIND_NOW[1]},
             start_new_session=True,
         )
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -236,6 +241,12 @@ class _Worker:
         self._stderr.close()
 
 
+def _site_packages() -> list[str]:
+    """The site-packages directories of the worker's Python (the base installation: the worker runs
+    it by its real path), which it adds to ``sys.path`` itself: it starts without ``site``."""
+    return [path for path in site.getsitepackages([sys.base_prefix, sys.base_exec_prefix]) if os.path.isdir(path)]
+
+
 def _exposes(python: str) -> list[tuple[str, str]]:
     """(ancestor, path) for the Python installation and this package's directory where they lie
     under a directory others cannot enter (``/root``): the sandbox hides the ancestor and shows only
@@ -277,7 +288,7 @@ def _bwrap_command(python: str, tmpfs_mb: int) -> list[str]:
             command += ["--perms", "0755", "--dir", os.sep.join(parts[:j])]
         command += ["--ro-bind", prefix, prefix]
     command += ["--perms", "1777", "--size", str(tmpfs_mb << 20), "--tmpfs", "/tmp", "--dev", "/dev", "--proc", "/proc"]
-    command += ["--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8"]
+    command += ["--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8", "--setenv", *_BIND_NOW]
     if root:
         return [*command, "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     return [*command, "--uid", "65534", "--gid", "65534"]
