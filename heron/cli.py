@@ -319,6 +319,10 @@ from heron.lm.cli import lm_app  # noqa: E402  (its commands use the helpers abo
 
 app.add_typer(lm_app, name="lm")
 
+from heron.code.cli import code_app  # noqa: E402  (same)
+
+app.add_typer(code_app, name="code")
+
 
 def main() -> None:
     app()

