@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
@@ -17,9 +18,11 @@ from typer.testing import CliRunner
 
 from heron import ConfigError, checkpoints
 from heron.cli import app
-from heron.config import METHODS
+from heron.code.train import METHODS as CODE_METHODS
+from heron.config import METHODS, config_kind
 from heron.experiments.runner import compare, load_sweep, resolve_method
 from heron.experiments.summary import mean_ci
+from heron.lm.online import OnlineConfig
 
 runner = CliRunner()
 SWEEP = {
@@ -195,5 +198,52 @@ def test_compare_on_local_ray(tmp_path: Path, monkeypatch) -> None:
 def test_shipped_configs_and_every_variant_validate(path: Path) -> None:
     """Every config in configs/ and each of its variants is a valid run, as `heron compare` reads it."""
     base, variants, *_ = load_sweep(path)
-    for name in (*METHODS, *variants):
-        assert resolve_method(base, name, variants)["env"] == base["env"]
+    kind = config_kind(base)
+    if kind == "lm" and base.get("trainer") not in ("grpo", "rloo"):
+        return  # offline reward-model and DPO configs run with heron lm train, not heron compare
+    methods = {"control": METHODS, "code": CODE_METHODS, "lm": LM_METHODS}[kind]
+    for name in (*methods, *variants):
+        assert resolve_method(base, name, variants)["method"] in methods
+
+
+LM_METHODS = get_args(OnlineConfig.model_fields["method"].annotation)
+TINY_CODE = {
+    "tasks": {"n": 4, "test_n": 2, "tests_per_problem": 3},
+    "tiny": {"layers": 1, "width": 16, "heads": 2, "vocab_size": 300},
+    "warm_start": {"steps": 2, "batch_size": 4},
+    "num_generations": 2,
+    "prompts_per_step": 2,
+    "max_completion_length": 12,
+    "steps": 2,
+    "timeout_s": 2.0,
+    "eval": {"samples": 2, "ks": [1, 2], "before": False, "batch_size": 8},
+}
+
+
+def test_compare_runs_code_configs_with_the_same_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A code-generation config goes through heron compare: its methods, a swapped ranking, Pass@k per method."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = tmp_path / "code.yaml"
+    config.write_text(yaml.safe_dump(TINY_CODE))
+    base, variants, *_ = load_sweep(config)
+    swapped = resolve_method(base, "heron-swap", variants)["hierarchy"]
+    assert [f["name"] for f in swapped[:2]] == ["pass_rate", "passed"]
+    with pytest.raises(ConfigError, match="unknown method 'helpfulness' for a code config"):
+        resolve_method(base, "helpfulness", variants)
+    out = tmp_path / "sweep"
+    result = compare(config, ["heron", "coderl"], 1, out, workers=1, progress=False)
+    assert [o.status for o in result.outcomes] == ["done", "done"]
+    for row in result.table:
+        assert 0.0 <= float(row["eval/pass@1"]) <= 1.0  # type: ignore[arg-type]
+        assert "factor/passed" in row
+    assert "eval/pass@2" in (out / "summary.md").read_text()
+    assert (out / "learning_curves.png").exists()
+    again = compare(config, ["heron", "coderl"], 1, out, workers=1, progress=False)
+    assert [o.status for o in again.outcomes] == ["skipped", "skipped"]
+
+
+def test_offline_lm_configs_are_not_compared(tmp_path: Path) -> None:
+    config = tmp_path / "lm.yaml"
+    config.write_text(yaml.safe_dump({"ratings": "tests/data/helpsteer-synthetic.jsonl", "trainer": "reward"}))
+    with pytest.raises(ConfigError, match="online language-model configs"):
+        compare(config, ["heron"], 1, tmp_path / "sweep", workers=1, progress=False)

@@ -1,7 +1,11 @@
 """``heron compare``: every (method, seed) run of one config, locally or on Ray, resumable.
 
-Runs sit on top of :func:`heron.sb3.run.run_config` and :func:`heron.sb3.run.resume`: each run
-has its own run directory, so a killed sweep loses only the work since each run's last checkpoint.
+A config trains an SB3 agent on an env (runs sit on top of :func:`heron.sb3.run.run_config` and
+:func:`heron.sb3.run.resume`: a killed sweep loses only the work since each run's last checkpoint),
+a code-generation policy (:func:`heron.code.run_code`) or an online language-model policy
+(:func:`heron.lm.run_lm`); the last two have no checkpoint mid-run, so a killed run starts over and a
+run with its ``eval.json`` is complete. Every kind writes a ``metrics.csv`` with ``step``,
+``return_mean`` and ``wall_clock_s``, so the summary table and plots are the same.
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from heron import checkpoints, report
-from heron.config import METHODS, load_sweep, validate
+from heron.config import METHODS, config_kind, load_sweep, validate
 from heron.envs import REGISTRY
 from heron.errors import ConfigError
 from heron.experiments.pareto import report_sweep, settings
@@ -57,6 +61,9 @@ def resolve_method(base: dict[str, Any], name: str, variants: dict[str, dict[str
     or ``heron-swap`` (HERON with the top two factors of the ranking swapped).
     """
     config = copy.deepcopy(base)
+    kind = config_kind(config)
+    if kind != "control":
+        return _resolve_text(config, kind, name, variants)
     if name in variants:
         overrides = copy.deepcopy(variants[name])
         config["method"] = overrides.pop("method", "heron")
@@ -78,6 +85,47 @@ def resolve_method(base: dict[str, Any], name: str, variants: dict[str, dict[str
             f"or a variant of the config: {', '.join(variants) or 'none defined'})"
         )
     validate(config, f"method {name}")
+    return config
+
+
+def _text_module(kind: str) -> Any:
+    """The module that trains a code (``heron.code.train``) or language-model (``heron.lm.online``) config."""
+    import importlib
+
+    return importlib.import_module("heron.code.train" if kind == "code" else "heron.lm.online")
+
+
+def _validate_text(kind: str, config: dict[str, Any], source: str) -> Any:
+    module = _text_module(kind)
+    if kind == "lm" and not module.is_online(config):
+        raise ConfigError(f"{source}: heron compare trains online language-model configs (trainer: grpo or rloo)")
+    return module.validate(config, source) if kind == "code" else module.validate_online(config, source)
+
+
+def _resolve_text(config: dict[str, Any], kind: str, name: str, variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """:func:`resolve_method` for a code or language-model config: its methods, variants and ``heron-swap``."""
+    schema = _text_module(kind).CodeTrainConfig if kind == "code" else _text_module(kind).OnlineConfig
+    methods = get_args(schema.model_fields["method"].annotation)
+    if name in variants:
+        overrides = copy.deepcopy(variants[name])
+        config["method"] = overrides.pop("method", "heron")
+        _merge(config, overrides)
+    elif name in methods:
+        config["method"] = name
+    elif name == SWAP:
+        config["method"] = "heron"
+        ranking = _validate_text(kind, config, f"method {SWAP}").hierarchy  # "a>b>c" (lm) or factors (code)
+        levels: list[Any] = ranking.split(">") if isinstance(ranking, str) else [f.model_dump() for f in ranking]
+        if len(levels) < 2:
+            raise ConfigError("heron-swap: the ranking has fewer than two factors")
+        levels = [levels[1], levels[0], *levels[2:]]
+        config["hierarchy"] = ">".join(levels) if isinstance(ranking, str) else levels
+    else:
+        raise ConfigError(
+            f"unknown method {name!r} for a {kind} config (choose from {', '.join(methods)}, {SWAP}, "
+            f"or a variant of the config: {', '.join(variants) or 'none defined'})"
+        )
+    _validate_text(kind, config, f"method {name}")
     return config
 
 
@@ -123,7 +171,16 @@ def run_job(job: Job, on_checkpoint: Callable[[Path], None] | None = None) -> Ou
     """
     from heron.sb3.run import resume, run_config
 
+    kind = config_kind(job.config)
     try:
+        if kind != "control":
+            if (job.run_dir / "eval.json").is_file():
+                return Outcome(job.method, job.seed, "skipped")
+            if job.run_dir.exists():
+                shutil.rmtree(job.run_dir)  # no checkpoint mid-run: start over
+            module = _text_module(kind)
+            (module.run_code if kind == "code" else module.run_lm)(job.config, job.run_dir)
+            return Outcome(job.method, job.seed, "done")
         found = checkpoints.latest(job.run_dir)
         if found is not None:
             if found.state.get("complete"):
@@ -222,9 +279,14 @@ def compare(
             outcomes = _run_ray(jobs, storage or str(out / "ray"), address, status.event)
         else:
             outcomes = _run_local(jobs, workers or os.cpu_count() or 1, status.event)
-    curves = {m: [report.read_metrics(j.run_dir / "metrics.csv") for j in jobs if j.method == m] for m in methods}
+    curves = {m: [_curve(j) for j in jobs if j.method == m] for m in methods}
     curves = {m: [rows for rows in runs if rows] for m, runs in curves.items()}
-    title = f"{base['env']} / {base.get('algorithm', 'ppo')} / {base.get('total_timesteps')} steps"
+    kind = config_kind(base)
+    if kind == "control":
+        title = f"{base['env']} / {base.get('algorithm', 'ppo')} / {base.get('total_timesteps')} steps"
+    else:
+        model, trainer = base.get("model", "tiny"), base.get("trainer", "grpo")
+        title = f"{kind}: {model} / {trainer} / {base.get('steps')} steps"
     table = summarize(curves, threshold)
     write_summary(table, out, title, threshold)
     report.plot_learning_curves(curves, out / "learning_curves.png", title)
@@ -234,8 +296,24 @@ def compare(
     if factors:
         report.plot_factor_curves(curves, factors, out / "factor_curves.png", title)
     (out / "outcomes.json").write_text(json.dumps([o.__dict__ for o in outcomes], indent=1))
-    report_sweep(jobs, curves, table, out, title, threshold, front)
+    if kind == "control":
+        report_sweep(jobs, curves, table, out, title, threshold, front)
     return CompareResult(table, outcomes, out)
+
+
+def _curve(job: Job) -> list[dict[str, float]]:
+    """A run's metrics rows; the last one also carries the Pass@k of a code run's ``eval.json``
+    (``eval/pass@1``...), which the summary reports per method."""
+    rows = report.read_metrics(job.run_dir / "metrics.csv")
+    final = job.run_dir / "eval.json"
+    if rows and config_kind(job.config) == "code" and final.is_file():
+        try:
+            data = json.loads(final.read_text())
+        except (OSError, ValueError):
+            return rows
+        scores = data.items() if isinstance(data, dict) else ()
+        rows[-1] |= {f"eval/{k}": float(v) for k, v in scores if k.startswith("pass@") and isinstance(v, int | float)}
+    return rows
 
 
 class _Status:

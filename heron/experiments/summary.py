@@ -11,6 +11,9 @@ import numpy as np
 
 from heron.report import Curves, mean_ci
 
+# Columns of a run's last metrics row reported per method as they are.
+CARRIED = ("factor/", "objective/", "objective_discounted/", "eval/")
+
 
 def run_stats(rows: Sequence[Mapping[str, float]], threshold: float | None) -> dict[str, float]:
     """Per-run figures: final return, normalized area under the curve, steps to threshold, wall-clock."""
@@ -22,7 +25,7 @@ def run_stats(rows: Sequence[Mapping[str, float]], threshold: float | None) -> d
         # Mean return over training (trapezoids over env steps): higher means it learned sooner.
         "auc": float(np.trapezoid(returns, steps) / (steps[-1] - steps[0])) if len(rows) > 1 else float(returns[0]),
         "wall_clock_s": float(last["wall_clock_s"]),
-        **{k: float(v) for k, v in last.items() if k.startswith(("factor/", "objective/", "objective_discounted/"))},
+        **{k: float(v) for k, v in last.items() if k.startswith(CARRIED)},
     }
     if threshold is not None:
         reached = np.flatnonzero(returns >= threshold)
