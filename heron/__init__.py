@@ -23,9 +23,11 @@ if TYPE_CHECKING:
     from heron.loop import HeronLoop
     from heron.reward_model import RewardModel
     from heron.sb3.run import TrainResult, resume, train
+    from heron.trl_reward import GroupReward
 
 _LAZY = {
     "FactorWrapper": "heron.factors",
+    "GroupReward": "heron.trl_reward",
     "factorize": "heron.factors",
     "HeronLoop": "heron.loop",
     "RewardModel": "heron.reward_model",
@@ -39,6 +41,7 @@ __all__ = [
     "Factor",
     "FactorError",
     "FactorWrapper",
+    "GroupReward",
     "HeronLoop",
     "Hierarchy",
     "RewardModel",
