@@ -23,6 +23,7 @@ from heron.config import METHODS, config_kind
 from heron.experiments.runner import compare, load_sweep, resolve_method
 from heron.experiments.summary import mean_ci
 from heron.lm.online import OnlineConfig
+from tests.test_code_train import TINY_RUN
 
 runner = CliRunner()
 SWEEP = {
@@ -207,24 +208,13 @@ def test_shipped_configs_and_every_variant_validate(path: Path) -> None:
 
 
 LM_METHODS = get_args(OnlineConfig.model_fields["method"].annotation)
-TINY_CODE = {
-    "tasks": {"n": 4, "test_n": 2, "tests_per_problem": 3},
-    "tiny": {"layers": 1, "width": 16, "heads": 2, "vocab_size": 300},
-    "warm_start": {"steps": 2, "batch_size": 4},
-    "num_generations": 2,
-    "prompts_per_step": 2,
-    "max_completion_length": 12,
-    "steps": 2,
-    "timeout_s": 2.0,
-    "eval": {"samples": 2, "ks": [1, 2], "before": False, "batch_size": 8},
-}
 
 
 def test_compare_runs_code_configs_with_the_same_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A code-generation config goes through heron compare: its methods, a swapped ranking, Pass@k per method."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     config = tmp_path / "code.yaml"
-    config.write_text(yaml.safe_dump(TINY_CODE))
+    config.write_text(yaml.safe_dump(TINY_RUN))
     base, variants, *_ = load_sweep(config)
     swapped = resolve_method(base, "heron-swap", variants)["hierarchy"]
     assert [f["name"] for f in swapped[:2]] == ["pass_rate", "passed"]

@@ -62,12 +62,12 @@ def resolve_method(base: dict[str, Any], name: str, variants: dict[str, dict[str
     """
     config = copy.deepcopy(base)
     kind = config_kind(config)
-    if kind != "control":
-        return _resolve_text(config, kind, name, variants)
     if name in variants:
         overrides = copy.deepcopy(variants[name])
         config["method"] = overrides.pop("method", "heron")
         _merge(config, overrides)
+    elif kind != "control":
+        _text_method(config, kind, name, variants)
     elif name in METHODS:
         config["method"] = name
     elif (match := _NOISE.match(name)) is not None:
@@ -84,7 +84,10 @@ def resolve_method(base: dict[str, Any], name: str, variants: dict[str, dict[str
             f"unknown method {name!r} (choose from {', '.join(METHODS)}, heron-noiseP, {SWAP}, "
             f"or a variant of the config: {', '.join(variants) or 'none defined'})"
         )
-    validate(config, f"method {name}")
+    if kind == "control":
+        validate(config, f"method {name}")
+    else:
+        _validate_text(kind, config, f"method {name}")
     return config
 
 
@@ -102,15 +105,11 @@ def _validate_text(kind: str, config: dict[str, Any], source: str) -> Any:
     return module.validate(config, source) if kind == "code" else module.validate_online(config, source)
 
 
-def _resolve_text(config: dict[str, Any], kind: str, name: str, variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """:func:`resolve_method` for a code or language-model config: its methods, variants and ``heron-swap``."""
+def _text_method(config: dict[str, Any], kind: str, name: str, variants: dict[str, dict[str, Any]]) -> None:
+    """Set a code or language-model config's method: one of its own, or ``heron-swap``."""
     schema = _text_module(kind).CodeTrainConfig if kind == "code" else _text_module(kind).OnlineConfig
     methods = get_args(schema.model_fields["method"].annotation)
-    if name in variants:
-        overrides = copy.deepcopy(variants[name])
-        config["method"] = overrides.pop("method", "heron")
-        _merge(config, overrides)
-    elif name in methods:
+    if name in methods:
         config["method"] = name
     elif name == SWAP:
         config["method"] = "heron"
@@ -125,8 +124,6 @@ def _resolve_text(config: dict[str, Any], kind: str, name: str, variants: dict[s
             f"unknown method {name!r} for a {kind} config (choose from {', '.join(methods)}, {SWAP}, "
             f"or a variant of the config: {', '.join(variants) or 'none defined'})"
         )
-    _validate_text(kind, config, f"method {name}")
-    return config
 
 
 def _default_ranking(config: dict[str, Any]) -> list[dict[str, Any]]:
