@@ -12,7 +12,7 @@ import numpy as np
 from heron.report import Curves, mean_ci
 
 # Columns of a run's last metrics row reported per method as they are.
-CARRIED = ("factor/", "objective/", "objective_discounted/", "eval/")
+CARRIED = ("factor/", "objective/", "objective_discounted/", "eval/", "length")
 
 
 def run_stats(rows: Sequence[Mapping[str, float]], threshold: float | None) -> dict[str, float]:

@@ -2,7 +2,8 @@
 
 ``pairs_from_ratings`` turns a rating table (HelpSteer's columns, or any prompt / response / numeric
 attributes) into trl preference pairs with the ranking's decision tree; ``generate_ratings`` writes
-a HelpSteer-schema rating set whose answers ``score_response`` checks.
+a HelpSteer-schema rating set whose answers ``score_response`` checks; ``train_online`` (``run_lm``)
+trains a policy with GRPO or RLOO on a reward learned from the ranking.
 
 Names load when first used, so that ``heron.cli`` can mount ``heron.lm.cli`` without loading them.
 """
@@ -13,11 +14,16 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from heron.lm.online import OnlineConfig, OnlineResult, run_lm, train_online
     from heron.lm.pairs import PairReport, Pairs, pairs_from_ratings, parse_hierarchy, read_ratings
     from heron.lm.ratings import ResponseScore, generate_ratings, parse_task, save_ratings, score_response
     from heron.lm.train import LMTrainConfig, LMTrainResult, train_lm
 
 _LAZY = {
+    "OnlineConfig": "heron.lm.online",
+    "OnlineResult": "heron.lm.online",
+    "run_lm": "heron.lm.online",
+    "train_online": "heron.lm.online",
     "PairReport": "heron.lm.pairs",
     "Pairs": "heron.lm.pairs",
     "pairs_from_ratings": "heron.lm.pairs",
@@ -36,6 +42,8 @@ _LAZY = {
 __all__ = [
     "LMTrainConfig",
     "LMTrainResult",
+    "OnlineConfig",
+    "OnlineResult",
     "PairReport",
     "Pairs",
     "ResponseScore",
@@ -44,9 +52,11 @@ __all__ = [
     "parse_hierarchy",
     "parse_task",
     "read_ratings",
+    "run_lm",
     "save_ratings",
     "score_response",
     "train_lm",
+    "train_online",
 ]
 
 

@@ -103,21 +103,27 @@ def train(
     method: Annotated[
         str | None, typer.Option(help="heron, weighted-sum, helpfulness or flat-preference (overrides the config).")
     ] = None,
-    trainer: Annotated[str | None, typer.Option(help="reward or dpo (overrides the config).")] = None,
+    trainer: Annotated[str | None, typer.Option(help="reward, dpo, grpo or rloo (overrides the config).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory (overrides the config).")] = None,
     progress: Annotated[bool, typer.Option(help="Show trl's progress bar.")] = True,
 ) -> None:
-    """Train a reward model or a DPO policy with trl on pairs labeled by the method; evaluate on held-out prompts."""
+    """Train a reward model or a DPO policy with trl on pairs labeled by the method, or a policy online
+    (GRPO, RLOO) on the method's reward; evaluate on held-out prompts."""
     from heron.cli import console
     from heron.config import read_yaml
+    from heron.lm.online import is_online
     from heron.lm.train import train_lm, validate
 
     data = read_yaml(config)
     overrides = {"method": method, "trainer": trainer, "seed": seed, "out": None if out is None else str(out)}
     overrides = {key: value for key, value in overrides.items() if value is not None}
     # anything but a mapping is left to validate, whose one-line error names the file
-    settings = validate({**data, **overrides} if isinstance(data, dict) else data, str(config))
+    data = {**data, **overrides} if isinstance(data, dict) else data
+    if is_online(data):
+        _train_online(data, str(config), progress)
+        return
+    settings = validate(data, str(config))
     result = train_lm(settings, progress=progress)
     console.print(result.metrics["train_pairs"], soft_wrap=True)
     console.print(f"held-out accuracy ({settings.trainer}, trained on {result.metrics['trained_on']} labels):")
@@ -129,3 +135,23 @@ def train(
     if corr is not None:
         console.print(f"held-out score vs response length in words: correlation {corr:.2f}")
     console.print(f"wrote {result.out}/metrics.json, accuracy.csv, model/")
+
+
+def _train_online(data: dict[str, Any], source: str, progress: bool) -> None:
+    """``heron lm train`` with ``trainer: grpo`` or ``rloo``: the run and its before/after table."""
+    from heron.cli import console
+    from heron.lm.online import train_online, validate_online
+
+    settings = validate_online(data, source)
+    result = train_online(settings, progress=progress)
+    summary = result.summary
+    console.print(
+        f"{settings.trainer} on the {settings.method} reward ({', '.join(summary['reward_factors'])}): "
+        f"{summary['steps']} steps, {summary['completions']} completions, {summary['wall_clock_s']:.0f} s",
+        soft_wrap=True,
+    )
+    console.print(f"held-out prompts ({summary['eval_prompts']}): before -> after training")
+    keys = ["correct", "complete", "coherent", *(k for k in result.after if k.startswith("factor/")), "length"]
+    for key in keys:
+        console.print(f"  {key:<22} {result.before[key]:7.3f} -> {result.after[key]:7.3f}")
+    console.print(f"wrote {result.out}/metrics.csv, eval.json, samples.jsonl, model/")
