@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 from heron import ConfigError
 from heron.code import execute_many, pass_at_k, similarity
 from heron.code.cli import code_app
-from heron.code.evaluate import truncate
-from heron.code.tasks import mbpp_like
+from heron.code.evaluate import chat_program, fenced_code, format_prompts, truncate
+from heron.code.models import code_tokenizer
+from heron.code.tasks import human_eval, mbpp_like
 from heron.code.train import CODERL_RETURNS, METHODS, code_reward, reference_body, train_code, validate
 
 runner = CliRunner()
@@ -74,6 +75,62 @@ def test_truncate_keeps_the_function_body() -> None:
     assert truncate("    return x\n\nprint(f(1))\n") == "    return x\n\n"
     assert truncate("    return x\n") == "    return x\n"
     assert truncate("```python\n    return x") == ""
+
+
+HEADER = "from typing import List\n\n\ndef total(xs: List[int]) -> int:\n"
+PROMPT = HEADER + '    """Sum of xs."""\n'
+DEF = "def total(xs: List[int]) -> int:\n    return sum(xs)\n"
+
+
+@pytest.mark.parametrize(
+    ("reply", "program"),
+    [
+        # a fenced block with a language that repeats the signature: the prompt's imports, then the block
+        (f"Here it is:\n```python\n{DEF}```\nIt sums xs.", "from typing import List\n\n\n" + DEF),
+        (f"```\n{DEF}```", "from typing import List\n\n\n" + DEF),  # no language
+        (f"```py\n{DEF}", "from typing import List\n\n\n" + DEF),  # cut before the closing fence
+        (DEF, "from typing import List\n\n\n" + DEF),  # no fence: the whole reply
+        ("```python\n    return sum(xs)\n```", PROMPT + "    return sum(xs)\n"),  # only a body: after the prompt
+        ("    return sum(xs)\n", PROMPT + "    return sum(xs)\n"),
+        ("```python\nx = 1\n```\n```python\ny = 2\n```", PROMPT + "x = 1\n"),  # the first block only
+    ],
+    ids=["python-fence", "bare-fence", "unclosed", "no-fence", "body-only", "body-no-fence", "first-block"],
+)
+def test_chat_program_from_the_first_code_block(reply: str, program: str) -> None:
+    assert chat_program(reply, PROMPT, "total") == program
+
+
+def test_chat_programs_run_in_the_sandbox() -> None:
+    problem = human_eval()[0]
+    solution = problem.solution[problem.solution.index("def ") :]
+    replies = [f"Sure!\n```python\n{solution}```\nDone.", f"```python\n{reference_body(problem)}```", "I cannot."]
+    programs = [chat_program(r, problem.prompt, problem.entry_point) for r in replies]
+    outcomes = execute_many(programs, [problem.tests] * 3, entry_points=[problem.entry_point] * 3)
+    assert [o.status for o in outcomes] == ["passed", "passed", "compile_error"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_characters="`"), max_size=40), st.sampled_from(["", "python", "py"]))
+def test_fenced_code_returns_the_block(code: str, language: str) -> None:
+    assert fenced_code(f"prose\n```{language}\n{code}\n```\nmore prose") == code + "\n"
+    assert fenced_code(code) == code  # no fence: the reply itself
+
+
+def test_chat_format_needs_a_chat_template(tmp_path: Path) -> None:
+    tokenizer = code_tokenizer(["def f():\n    return 1\n"], vocab_size=300)
+    assert format_prompts(tokenizer, ["def f():\n"], "completion") == ["def f():\n"]
+    with pytest.raises(ConfigError, match="chat needs a tokenizer with a chat template"):
+        format_prompts(tokenizer, ["def f():\n"], "chat")
+    tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+    (chat,) = format_prompts(tokenizer, ["def f():\n"], "chat")
+    assert chat.startswith("<user>Complete this Python function.") and chat.endswith("def f():\n<assistant>")
+    with pytest.raises(ConfigError) as err:  # the tiny model's tokenizer has none: refused before any training
+        train_code({**TINY_RUN, "prompt_format": "chat", "warm_start": {"steps": 0}, "out": str(tmp_path / "run")})
+    assert "chat template" in str(err.value) and "\n" not in str(err.value)
+    result = runner.invoke(
+        code_app, ["eval", "tiny", "--task", "mbpp-like", "--problems", "1", "--prompt-format", "chat"]
+    )
+    assert result.exit_code == 2 and "chat needs a tokenizer with a chat template" in result.output
 
 
 def test_similarity_is_token_f1() -> None:
@@ -163,6 +220,8 @@ def test_tiny_run_end_to_end(tmp_path: Path, method: str, extra: dict) -> None:
         ({"num_generations": 1}, "config: num_generations: Input should be greater than or equal to 2"),
         ({"method": "ground-truth", "hierarchy": [{"name": "passed"}]}, "ground-truth rewards pass_rate"),
         ({"weights": {"speed": 1.0}}, "config: weights: unknown factor 'speed'"),
+        ({"prompt_format": "chat"}, "warm_start trains on completion prompts"),
+        ({"prompt_format": "fim"}, "config: prompt_format: Input should be 'completion' or 'chat'"),
     ],
 )
 def test_bad_settings_are_one_line_config_errors(overrides: dict, message: str) -> None:

@@ -105,10 +105,13 @@ def eval_(
     batch_size: Annotated[int, typer.Option(help="Sequences generated together.", min=1)] = 16,
     timeout: Annotated[float, typer.Option(help="Seconds per program in the sandbox.", min=0.1)] = 5.0,
     seed: Annotated[int, typer.Option(help="Sampling seed; mbpp-like: which problems.")] = 0,
+    prompt_format: Annotated[
+        str, typer.Option(help="completion (the bare prompt) or chat (an instruct model's chat template).")
+    ] = "completion",
     out: Annotated[Path, typer.Option(help="Where to write the results (JSON).")] = Path("eval.json"),
 ) -> None:
     """Pass@1 and Pass@k (Chen et al.'s unbiased estimator) and the status mix of a model's programs."""
-    from heron.code.evaluate import evaluate
+    from heron.code.evaluate import PROMPT_FORMATS, evaluate
     from heron.code.models import load_causal_lm
     from heron.code.tasks import human_eval, mbpp_like
     from heron.code.train import reference_body
@@ -120,6 +123,8 @@ def eval_(
         chosen = mbpp_like(problems or 100, split="test", seed=seed)
     else:
         raise ConfigError(f"--task: expected humaneval or mbpp-like, got {task!r}")
+    if prompt_format not in PROMPT_FORMATS:
+        raise ConfigError(f"--prompt-format: expected completion or chat, got {prompt_format!r}")
     chosen = chosen[:problems] if problems else chosen
     texts = [t for p in chosen for t in (p.prompt, reference_body(p))]
     policy, tokenizer = load_causal_lm(model, texts=texts, seed=seed)
@@ -134,6 +139,7 @@ def eval_(
         batch_size=batch_size,
         timeout_s=timeout,
         seed=seed,
+        prompt_format=prompt_format,
     )
     results = {"model": model, "task": task, **results}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,9 @@
 One evaluation::
 
     problems -> n completions per problem (batched sampling, or greedy at temperature 0)
-      -> the function body kept (cut at the first line back at column 0) -> sandbox (execute_many)
+      -> the program: prompt + the function body (cut at the first line back at column 0), or, with
+         prompt_format "chat" (the prompt sent as a user message in the tokenizer's chat template),
+         built from the reply's first fenced code block -> sandbox (execute_many)
       -> per problem, c of n passed -> Pass@k = 1 - C(n - c, k) / C(n, k)   (Chen et al. 2021)
       -> and the status mix: compile_error, runtime_error, timeout, failed, passed
 
@@ -24,6 +26,9 @@ from heron.code.tasks import Problem
 from heron.errors import ConfigError
 
 _BODY_END = re.compile(r"^(?=\S)", re.MULTILINE)  # a line that starts at column 0 ends the function body
+_FENCED = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)  # an unclosed block runs to the end
+PROMPT_FORMATS = ("completion", "chat")
+CHAT_REQUEST = "Complete this Python function. Reply with the whole function in one ```python code block.\n\n"
 
 
 def truncate(completion: str) -> str:
@@ -34,6 +39,52 @@ def truncate(completion: str) -> str:
     """
     match = _BODY_END.search(completion)
     return completion if match is None else completion[: match.start()]
+
+
+def fenced_code(reply: str) -> str:
+    """The first fenced code block of a chat reply (```python or a bare ```), or the whole reply if it has none."""
+    match = _FENCED.search(reply)
+    return reply if match is None else match.group(1)
+
+
+def chat_program(reply: str, prompt: str, entry_point: str) -> str:
+    """The program of a chat reply to ``prompt``: its first code block, with what the block lacks from the prompt.
+
+    A block that defines ``entry_point`` follows the prompt's lines before that function (its imports
+    and helpers); a block that does not (a bare function body) follows the whole prompt.
+    """
+    code = fenced_code(reply)
+    define = re.compile(rf"^def\s+{re.escape(entry_point)}\s*\(", re.MULTILINE)
+    if define.search(code) is None:
+        return prompt + code
+    match = define.search(prompt)
+    return (prompt[: match.start()] if match else "") + code
+
+
+def format_prompts(tokenizer: Any, prompts: Sequence[str], prompt_format: str) -> list[str]:
+    """The prompts as sent to the model: as they are (``completion``) or as a user message in the chat template.
+
+    :raises ConfigError: for ``chat`` when the tokenizer has no chat template, or an unknown format.
+    """
+    if prompt_format == "completion":
+        return list(prompts)
+    if prompt_format != "chat":
+        raise ConfigError(f"prompt_format: expected completion or chat, got {prompt_format!r}")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("prompt_format: chat needs a tokenizer with a chat template; this model's has none")
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": CHAT_REQUEST + p}], tokenize=False, add_generation_prompt=True
+        )
+        for p in prompts
+    ]
+
+
+def program(problem: Problem, completion: str, prompt_format: str = "completion") -> str:
+    """The program run for a completion: prompt + function body, or (``chat``) built from the reply's code block."""
+    if prompt_format == "chat":
+        return chat_program(completion, problem.prompt, problem.entry_point)
+    return problem.program(truncate(completion))
 
 
 def pass_at_k(n: Sequence[int] | np.ndarray, c: Sequence[int] | np.ndarray, k: int) -> np.ndarray:
@@ -107,10 +158,14 @@ def generate(
 
 
 def run_completions(
-    problems: Sequence[Problem], completions: Sequence[str], *, timeout_s: float = 5.0
+    problems: Sequence[Problem],
+    completions: Sequence[str],
+    *,
+    timeout_s: float = 5.0,
+    prompt_format: str = "completion",
 ) -> list[Outcome]:
-    """Run each completion (truncated to its function body) of its problem in the sandbox, in order."""
-    programs = [p.program(truncate(c)) for p, c in zip(problems, completions, strict=True)]
+    """Run the :func:`program` of each completion of its problem in the sandbox, in order."""
+    programs = [program(p, c, prompt_format) for p, c in zip(problems, completions, strict=True)]
     return execute_many(
         programs, [p.tests for p in problems], entry_points=[p.entry_point for p in problems], timeout_s=timeout_s
     )
@@ -134,15 +189,17 @@ def evaluate(
     batch_size: int = 32,
     timeout_s: float = 5.0,
     seed: int = 0,
+    prompt_format: str = "completion",
 ) -> dict[str, Any]:
     """Pass@k (every ``k <= samples`` of ``ks``) and the status mix of ``samples`` completions per problem.
 
+    :param prompt_format: ``completion`` (the bare prompt) or ``chat`` (see :func:`format_prompts`).
     :return: ``{"problems", "samples", "temperature", "pass@K"..., "status", "per_problem"}``;
         ``per_problem`` lists each problem's ``task_id`` and its correct count ``c``.
     """
     if not problems:
         raise ConfigError("eval: no problems to evaluate")
-    prompts = [p.prompt for p in problems]
+    prompts = format_prompts(tokenizer, [p.prompt for p in problems], prompt_format)
     texts = generate(
         model,
         tokenizer,
@@ -154,11 +211,13 @@ def evaluate(
         seed=seed,
     )
     flat_problems = [p for p in problems for _ in range(samples)]
-    outcomes = run_completions(flat_problems, [t for group in texts for t in group], timeout_s=timeout_s)
+    completions = [t for group in texts for t in group]
+    outcomes = run_completions(flat_problems, completions, timeout_s=timeout_s, prompt_format=prompt_format)
     passed = np.array([o.status == "passed" for o in outcomes]).reshape(len(problems), samples)
     correct = passed.sum(axis=1)
     n = np.full(len(problems), samples)
     result: dict[str, Any] = {"problems": len(problems), "samples": samples, "temperature": temperature}
+    result["prompt_format"] = prompt_format
     for k in sorted({k for k in ks if k <= samples}):
         result[f"pass@{k}"] = float(pass_at_k(n, correct, k).mean())
     result["status"] = status_mix([o.status for o in outcomes])

@@ -43,7 +43,7 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from heron.code.evaluate import evaluate, run_completions, status_mix, truncate
+from heron.code.evaluate import evaluate, fenced_code, format_prompts, run_completions, status_mix, truncate
 from heron.code.models import SMOLLM2, TINY, load_causal_lm, save_causal_lm
 from heron.code.tasks import Problem, human_eval, mbpp_like
 from heron.config import ComparisonConfig, FactorConfig, RewardModelConfig, _first_error, _Strict, validate_section
@@ -155,6 +155,9 @@ class CodeTrainConfig(_Strict):
     :param tiny: the size of the ``tiny`` model.
     :param lora: LoRA adapters for a real model (``r: 0`` trains every weight).
     :param warm_start: supervised fine-tune on reference solutions first.
+    :param prompt_format: ``completion`` (the bare function prompt, continued by the model) or ``chat``
+        (an instruct model: the prompt as a user message in the tokenizer's chat template, the program
+        built from the reply's first code block; see :func:`heron.code.evaluate.format_prompts`).
     :param method: ``heron``, ``flat-preference``, ``coderl``, ``ground-truth`` or ``weighted-sum``.
     :param trainer: ``grpo`` (trl's GRPOTrainer) or ``rloo`` (trl's RLOOTrainer).
     :param hierarchy: the ranking of the factors, most important first (``heron``).
@@ -181,6 +184,7 @@ class CodeTrainConfig(_Strict):
     tiny: TinyCodeModelConfig = TinyCodeModelConfig()
     lora: LoraSettings = LoraSettings()
     warm_start: WarmStartConfig = WarmStartConfig()
+    prompt_format: Literal["completion", "chat"] = "completion"
     method: Literal["heron", "flat-preference", "coderl", "ground-truth", "weighted-sum"] = "heron"
     trainer: Literal["grpo", "rloo"] = "grpo"
     hierarchy: tuple[FactorConfig, ...] = (
@@ -246,6 +250,8 @@ class CodeTrainConfig(_Strict):
             raise ValueError("reward_model.inputs: obs is a text embedding of the completion; set features: minilm")
         if {"action", "next_obs"} & set(self.reward_model.inputs):
             raise ValueError("reward_model.inputs: a completion has factors and obs (its embedding) only")
+        if self.prompt_format == "chat" and self.warm_start.steps:
+            raise ValueError("warm_start trains on completion prompts: with prompt_format: chat, set its steps: 0")
         if self.method == "ground-truth" and "pass_rate" not in self.hierarchy_names:
             raise ValueError("method: ground-truth rewards pass_rate, which the hierarchy does not hold")
         if self.weights and self.method in ("weighted-sum", "flat-preference"):
@@ -346,10 +352,13 @@ class ProgramScorer:
     since :attr:`started`; :attr:`last_statuses` holds the batch's statuses (CodeRL's reward reads them).
     """
 
-    def __init__(self, problems: Sequence[Problem], *, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, problems: Sequence[Problem], *, timeout_s: float = 2.0, prompt_format: str = "completion"
+    ) -> None:
         self.problems = list(problems)
         self.references = [reference_body(p) for p in self.problems]
         self.timeout_s = timeout_s
+        self.prompt_format = prompt_format
         self.history: list[dict[str, float]] = []
         self.last_statuses = np.zeros(0, dtype=object)
         self.started = time.perf_counter()
@@ -361,9 +370,10 @@ class ProgramScorer:
             raise ConfigError("scorer: the dataset needs a 'problem' column (the index of each prompt's problem)")
         index = np.asarray(columns["problem"], dtype=np.int64).reshape(-1)
         problems = [self.problems[i] for i in index]
-        outcomes = run_completions(problems, completions, timeout_s=self.timeout_s)
+        outcomes = run_completions(problems, completions, timeout_s=self.timeout_s, prompt_format=self.prompt_format)
         factors = {name: np.array([o.factors[name] for o in outcomes]) for name in FACTORS if name != "similarity"}
-        factors["similarity"] = similarity([truncate(c) for c in completions], [self.references[i] for i in index])
+        kept = fenced_code if self.prompt_format == "chat" else truncate
+        factors["similarity"] = similarity([kept(c) for c in completions], [self.references[i] for i in index])
         self.last_statuses = np.array([o.status for o in outcomes], dtype=object)
         mix = status_mix(list(self.last_statuses))
         row = {f"status/{s}": count / max(len(outcomes), 1) for s, count in mix.items()}
@@ -390,7 +400,7 @@ def code_reward(config: CodeTrainConfig, problems: Sequence[Problem]) -> tuple[A
     from heron.loop import LEARNED_METHODS
     from heron.trl_reward import GroupReward, TextEmbedding
 
-    scorer = ProgramScorer(problems, timeout_s=config.timeout_s)
+    scorer = ProgramScorer(problems, timeout_s=config.timeout_s, prompt_format=config.prompt_format)
     learned = config.method in LEARNED_METHODS
     embedder = TextEmbedding(config.features) if learned and config.features is not None else None
     reward = GroupReward(
@@ -500,6 +510,7 @@ def run_eval(config: CodeTrainConfig, model: Any, tokenizer: Any, problems: Sequ
         batch_size=settings.batch_size,
         timeout_s=config.timeout_s,
         seed=config.seed,
+        prompt_format=config.prompt_format,
     )
 
 
@@ -539,6 +550,7 @@ def train_code(config: CodeTrainConfig | Mapping[str, Any], *, progress: bool = 
         vocab_size=config.tiny.vocab_size,
         seed=config.seed,
     )
+    prompts = format_prompts(tokenizer, [p.prompt for p in train], config.prompt_format)  # refused early if it cannot
     started = time.perf_counter()
     losses = warm_start(model, tokenizer, train, config.warm_start, config.seed)
     warm_seconds = time.perf_counter() - started
@@ -552,7 +564,7 @@ def train_code(config: CodeTrainConfig | Mapping[str, Any], *, progress: bool = 
     policy, rl_seconds = model, 0.0
     metrics: list[dict[str, float]] = []
     if config.steps:
-        policy, metrics, rl_seconds = _reinforce(config, model, tokenizer, train, out, progress)
+        policy, metrics, rl_seconds = _reinforce(config, model, tokenizer, train, prompts, out, progress)
     write_metrics(metrics, out / "metrics.csv")
     with _progress_bars(progress):
         results |= run_eval(config, policy, tokenizer, evaluated)
@@ -564,15 +576,24 @@ def train_code(config: CodeTrainConfig | Mapping[str, Any], *, progress: bool = 
 
 
 def _reinforce(
-    config: CodeTrainConfig, model: Any, tokenizer: Any, train: Sequence[Problem], out: Path, progress: bool
+    config: CodeTrainConfig,
+    model: Any,
+    tokenizer: Any,
+    train: Sequence[Problem],
+    prompts: Sequence[str],
+    out: Path,
+    progress: bool,
 ) -> tuple[Any, list[dict[str, float]], float]:
-    """The RL phase: trl's trainer on the method's GroupReward. Returns (policy, metric rows, seconds)."""
+    """The RL phase: trl's trainer on the method's GroupReward over ``prompts`` (``train``'s, formatted).
+
+    Returns (policy, metric rows, seconds).
+    """
     import datasets
 
     from heron.lm.train import _progress_bars, _quiet_deprecations
 
     reward, scorer = code_reward(config, train)
-    dataset = datasets.Dataset.from_dict({"prompt": [p.prompt for p in train], "problem": list(range(len(train)))})
+    dataset = datasets.Dataset.from_dict({"prompt": list(prompts), "problem": list(range(len(train)))})
 
     def rows() -> list[dict[str, float]]:
         return metric_rows(reward.log, scorer.history, trainer.state.log_history)
