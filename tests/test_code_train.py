@@ -17,9 +17,9 @@ from heron import ConfigError
 from heron.code import execute_many, pass_at_k, similarity
 from heron.code.cli import code_app
 from heron.code.evaluate import chat_program, fenced_code, format_prompts, truncate
-from heron.code.models import code_tokenizer
 from heron.code.tasks import human_eval, mbpp_like
 from heron.code.train import CODERL_RETURNS, METHODS, code_reward, reference_body, train_code, validate
+from heron.models import code_tokenizer
 
 runner = CliRunner()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tiny model is built from a config: nothing downloads

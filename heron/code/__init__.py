@@ -13,9 +13,9 @@ model does.
 from __future__ import annotations
 
 from heron.code.evaluate import evaluate, pass_at_k
-from heron.code.models import load_causal_lm, save_causal_lm
 from heron.code.sandbox import Outcome, Sandbox, SandboxUnavailable, execute, execute_many
 from heron.code.train import CodeTrainConfig, CodeTrainResult, run_code, similarity, train_code
+from heron.models import load_causal_lm, save_causal_lm
 
 __all__ = [
     "CodeTrainConfig",

