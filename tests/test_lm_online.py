@@ -195,3 +195,21 @@ def test_cli_trains_online(tmp_path: Path) -> None:
 
 def test_factors_cover_the_attributes() -> None:
     assert (*ATTRIBUTES, "length") == FACTORS
+
+
+def test_heron_compare_runs_online_lm_configs(tmp_path: Path) -> None:
+    """An online config goes through heron compare: each method a run, the summary per method, the
+    ranking swapped by heron-swap."""
+    from heron.experiments.runner import compare, load_sweep, resolve_method
+
+    config = tmp_path / "lm.yaml"
+    settings = _config(tmp_path)
+    settings.pop("out")
+    config.write_text(yaml.safe_dump(settings))
+    base, variants, *_ = load_sweep(config)
+    assert resolve_method(base, "heron-swap", variants)["hierarchy"] == "helpfulness>correctness>coherence"
+    result = compare(config, ["heron", "helpfulness"], 1, tmp_path / "sweep", workers=1, progress=False)
+    assert [o.status for o in result.outcomes] == ["done", "done"]
+    assert [row["method"] for row in result.table] == ["heron", "helpfulness"]
+    assert all("length" in row and "factor/correctness" in row for row in result.table)
+    assert "helpfulness" in (tmp_path / "sweep" / "summary.md").read_text()
