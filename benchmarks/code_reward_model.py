@@ -28,12 +28,11 @@ import time
 import numpy as np
 from gymnasium import spaces
 
-from heron.code.evaluate import generate
 from heron.code.tasks import mbpp_like
 from heron.code.train import CodeTrainConfig, ProgramScorer, WarmStartConfig, reference_body, warm_start
 from heron.hierarchy import finite_std
 from heron.loop import HeronLoop
-from heron.models import load_causal_lm
+from heron.models import generate, load_causal_lm
 from heron.trl_reward import TextEmbedding
 
 INPUTS = (("factors",), ("obs",), ("obs", "factors"))

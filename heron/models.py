@@ -196,3 +196,55 @@ def export_causal_lm(name_or_path: str, out: str | os.PathLike[str]) -> Path:
     """Load a pretrained model (see :func:`load_causal_lm`) and write it to ``out`` as safetensors: a
     GGUF file takes about a minute to de-quantize on 2 cores, the directory loads in seconds."""
     return save_causal_lm(*load_causal_lm(name_or_path), out)
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    samples: int = 1,
+    temperature: float = 0.0,
+    max_new_tokens: int = 128,
+    batch_size: int = 32,
+    seed: int = 0,
+    add_special_tokens: bool = True,
+) -> list[list[str]]:
+    """``samples`` completions of each prompt (greedy at temperature 0), decoded without special tokens.
+
+    Prompts are left-padded and sampled in batches of ``batch_size`` sequences; the caller's
+    torch RNG is left alone. ``add_special_tokens=False`` for prompts a chat template already wrapped.
+    """
+    import torch
+
+    flat = [p for p in prompts for _ in range(samples)]
+    texts: list[str] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    sampling: dict[str, Any] = (
+        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        if temperature > 0
+        else {"do_sample": False}
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(seed)
+            for start in range(0, len(flat), batch_size):
+                batch = flat[start : start + batch_size]
+                enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+                enc = enc.to(device)
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    **sampling,
+                )
+                texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return [texts[i * samples : (i + 1) * samples] for i in range(len(prompts))]

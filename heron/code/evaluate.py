@@ -24,6 +24,7 @@ import numpy as np
 from heron.code.sandbox import STATUSES, Outcome, execute_many
 from heron.code.tasks import Problem
 from heron.errors import ConfigError
+from heron.models import generate
 
 _BODY_END = re.compile(r"^(?=\S)", re.MULTILINE)  # a line that starts at column 0 ends the function body
 _FENCED = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)  # an unclosed block runs to the end
@@ -106,55 +107,6 @@ def pass_at_k(n: Sequence[int] | np.ndarray, c: Sequence[int] | np.ndarray, k: i
     if ((c_arr < 0) | (c_arr > n_arr)).any():
         raise ConfigError("pass@k: correct counts must lie between 0 and the samples")
     return np.asarray(estimate_pass_at_k(n_arr, c_arr, k), dtype=np.float64)
-
-
-def generate(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    *,
-    samples: int = 1,
-    temperature: float = 0.0,
-    max_new_tokens: int = 128,
-    batch_size: int = 32,
-    seed: int = 0,
-) -> list[list[str]]:
-    """``samples`` completions of each prompt (greedy at temperature 0), decoded without special tokens.
-
-    Prompts are left-padded and sampled in batches of ``batch_size`` sequences; the caller's
-    torch RNG is left alone.
-    """
-    import torch
-
-    flat = [p for p in prompts for _ in range(samples)]
-    texts: list[str] = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
-    sampling: dict[str, Any] = (
-        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-        if temperature > 0
-        else {"do_sample": False}
-    )
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.random.fork_rng(), torch.no_grad():
-            torch.manual_seed(seed)
-            for start in range(0, len(flat), batch_size):
-                enc = tokenizer(flat[start : start + batch_size], return_tensors="pt", padding=True).to(device)
-                out = model.generate(
-                    **enc,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                    **sampling,
-                )
-                texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return [texts[i * samples : (i + 1) * samples] for i in range(len(prompts))]
 
 
 def run_completions(

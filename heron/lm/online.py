@@ -48,7 +48,7 @@ from heron.errors import ConfigError
 from heron.hierarchy import Factor, Hierarchy
 from heron.lm.pairs import parse_hierarchy, read_ratings
 from heron.lm.ratings import ATTRIBUTES, ResponseScore, parse_task, score_response
-from heron.lm.train import HELPSTEER2_WEIGHTS, TinyModelConfig, split_by_prompt
+from heron.lm.train import HELPSTEER2_WEIGHTS, TinyModelConfig, finite_weights, split_by_prompt
 
 ONLINE_TRAINERS = ("grpo", "rloo")
 FACTORS = (*ATTRIBUTES, "length")
@@ -177,12 +177,7 @@ class OnlineConfig(_Strict):
     @field_validator("weights")
     @classmethod
     def _finite_known(cls, weights: dict[str, float]) -> dict[str, float]:
-        if not weights:
-            raise ValueError("give at least one factor weight")
-        bad = [name for name, w in weights.items() if not math.isfinite(w)]
-        if bad:
-            raise ValueError(f"weight of {bad[0]!r} is not finite")
-        _check_factors(list(weights))
+        _check_factors(list(finite_weights(weights)))
         return weights
 
     @field_validator("model")
@@ -418,32 +413,20 @@ def generate(
 
     Sampling is seeded and leaves the caller's torch random state alone.
     """
-    import torch
+    from heron.models import generate as sample
 
     texts = [_prompt_text(tokenizer, p, chat) for p in prompts]
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    was_training = model.training
-    model.eval()
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else {"do_sample": False}
-    out: list[str] = []
-    try:
-        with torch.random.fork_rng(), torch.no_grad():
-            torch.manual_seed(seed)
-            for start in range(0, len(texts), batch_size):
-                batch = texts[start : start + batch_size]
-                enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-                ids = model.generate(
-                    **enc,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                    **sampling,
-                )
-                out += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return out
+    replies = sample(
+        model,
+        tokenizer,
+        texts,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        add_special_tokens=False,
+    )
+    return [r[0] for r in replies]
 
 
 def evaluate_policy(

@@ -58,6 +58,16 @@ from heron.lm.pairs import (
 HELPSTEER2_WEIGHTS = {"helpfulness": 0.65, "correctness": 0.8, "coherence": 0.45, "complexity": 0.55, "verbosity": -0.4}
 
 
+def finite_weights(weights: dict[str, float]) -> dict[str, float]:
+    """``weights`` when there is at least one and each is finite (a ValueError for pydantic otherwise)."""
+    if not weights:
+        raise ValueError("give at least one weight")
+    bad = [name for name, w in weights.items() if not math.isfinite(w)]
+    if bad:
+        raise ValueError(f"weight of {bad[0]!r} is not finite")
+    return weights
+
+
 class TinyModelConfig(_Strict):
     """A GPT-2 built from a config (no download) with a word-level tokenizer trained on the ratings.
 
@@ -148,12 +158,7 @@ class LMTrainConfig(_Strict):
     @field_validator("weights")
     @classmethod
     def _finite(cls, weights: dict[str, float]) -> dict[str, float]:
-        if not weights:
-            raise ValueError("give at least one attribute weight")
-        bad = [name for name, w in weights.items() if not math.isfinite(w)]
-        if bad:
-            raise ValueError(f"weight of {bad[0]!r} is not finite")
-        return weights
+        return finite_weights(weights)
 
     @model_validator(mode="after")
     def _margin_needs_reward(self) -> LMTrainConfig:
