@@ -34,8 +34,9 @@ Scorer = Callable[[Sequence[str], Sequence[str], Mapping[str, Any]], Mapping[str
 """``(prompts, completions, columns) -> {factor: array of one value per completion}``; ``columns``
 holds the dataset's other columns for the batch (trl passes them to reward functions)."""
 
-Fixed = Callable[[np.ndarray], np.ndarray]
-"""A fixed reward from a factor matrix (N, K), columns in the hierarchy's order."""
+Fixed = Callable[[np.ndarray, Mapping[str, np.ndarray]], np.ndarray]
+"""A fixed reward from a factor matrix (N, K), columns in the hierarchy's order, and everything the
+scorer returned (its factors and any other per-completion array, such as a status)."""
 
 
 class Embedder(Protocol):
@@ -95,7 +96,7 @@ class GroupReward:
     :param group_size: completions per prompt (trl's ``num_generations``).
     :param method: ``heron`` or ``flat-preference`` (a learned reward through a :class:`HeronLoop`),
         or any other name together with ``fixed``.
-    :param fixed: the reward of a fixed method, from the factor matrix.
+    :param fixed: the reward of a fixed method, from the factor matrix and the scorer's outputs.
     :param weights: ``flat-preference``'s factor weights.
     :param embedder: text features for a reward model that reads ``obs``.
     :param reward_model: the ``reward_model`` section (``inputs`` defaults to ``[factors]`` here).
@@ -159,24 +160,27 @@ class GroupReward:
         self, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Any]
     ) -> np.ndarray:
         """The scorer's factors as (N, K), columns in the hierarchy's order."""
-        found = self.scorer(prompts, completions, columns)
-        missing = [n for n in self.hierarchy.names if n not in found]
+        return self._matrix(self.scorer(prompts, completions, columns), len(completions))
+
+    def _matrix(self, found: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+        missing = [name for name in self.hierarchy.names if name not in found]
         if missing:
             raise ConfigError(f"scorer: factor {missing[0]!r} is missing (it returned {', '.join(found) or 'none'})")
-        matrix = np.stack([np.asarray(found[n], dtype=np.float64).reshape(-1) for n in self.hierarchy.names], axis=1)
-        if len(matrix) != len(completions):
-            raise ConfigError(f"scorer: {len(matrix)} values for {len(completions)} completions")
+        matrix = np.stack([np.asarray(found[k], dtype=np.float64).reshape(-1) for k in self.hierarchy.names], axis=1)
+        if len(matrix) != n:
+            raise ConfigError(f"scorer: {len(matrix)} values for {n} completions")
         return matrix
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float]:
         """The reward of each completion, in order (trl's reward-function signature)."""
         prompt_texts = [as_text(p) for p in prompts]
         texts = [as_text(c) for c in completions]
-        matrix = self.factor_matrix(prompt_texts, texts, columns)
+        found = self.scorer(prompt_texts, texts, columns)
+        matrix = self._matrix(found, len(texts))
         row: dict[str, float] = {"batch": float(self.batches)}
         if self.loop is None:
             assert self.fixed is not None  # __init__ refuses a fixed method without its reward
-            rewards = np.asarray(self.fixed(matrix), dtype=np.float64).reshape(-1)
+            rewards = np.asarray(self.fixed(matrix, found), dtype=np.float64).reshape(-1)
         else:
             rewards = self._learned(prompt_texts, texts, matrix, row)
         row |= {f"factor/{n}": float(np.nanmean(matrix[:, i])) for i, n in enumerate(self.hierarchy.names)}
@@ -204,4 +208,4 @@ class GroupReward:
 def weighted_sum(hierarchy: Hierarchy, weights: Mapping[str, float] | None = None) -> Fixed:
     """The fixed reward ``sum_k sign_k w_k z_k`` (weight 1 where none is given; a ``min`` factor counts negatively)."""
     w = signed_weights(hierarchy, weights).astype(np.float64)
-    return lambda matrix: np.nan_to_num(matrix) @ w
+    return lambda matrix, outputs: np.nan_to_num(matrix) @ w

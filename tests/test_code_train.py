@@ -158,7 +158,7 @@ def test_group_reward_factors_match_the_sandbox(tmp_path: Path) -> None:
         for j, name in enumerate(config.hierarchy_names[:4]):
             assert matrix[:, j].tolist() == [o.factors[name] for o in outcomes], (method, name)
         assert matrix[[0, 4], 4].tolist() == [1.0, 1.0]  # the reference body is its own reference
-        assert list(scorer.last_statuses) == [o.status for o in outcomes]
+        assert list(scorer(prompts, completions, {"problem": index})["status"]) == [o.status for o in outcomes]
         assert len(rewards) == 8 and all(math.isfinite(r) for r in rewards)
         if method == "coderl":
             assert rewards == [CODERL_RETURNS[o.status] for o in outcomes]

@@ -95,3 +95,19 @@ def test_step_pairs_join_two_envs_of_one_step(steps: int, envs: int, n: int, see
 
 def test_step_pairs_need_two_envs() -> None:
     assert sample_step_pairs(5, 1, 10, np.random.default_rng(0)).shape == (0, 2)
+
+
+def test_fixed_reward_reads_the_scorers_other_outputs() -> None:
+    """A scorer may return arrays outside the ranking (a status): a fixed reward reads them, the ranking does not."""
+
+    def with_status(prompts, completions, columns):
+        return {
+            **letters(prompts, completions, columns),
+            "status": np.array(["ok" if "a" in c else "bad" for c in completions]),
+        }
+
+    reward = GroupReward(
+        with_status, ["a"], group_size=2, method="status", fixed=lambda matrix, outputs: outputs["status"] == "ok"
+    )
+    assert reward(["p", "p"], ["ab", "bb"]) == [1.0, 0.0]
+    assert reward.factor_matrix(["p"], ["aab"], {}).tolist() == [[2.0]]

@@ -349,7 +349,8 @@ class ProgramScorer:
 
     The dataset's ``problem`` column (an index into ``problems``) names each completion's problem.
     Each call appends a row to :attr:`history`: the share of each sandbox status and the seconds
-    since :attr:`started`; :attr:`last_statuses` holds the batch's statuses (CodeRL's reward reads them).
+    since :attr:`started`. Besides the factors it returns each program's sandbox ``status`` (CodeRL's
+    reward reads it; GroupReward ranks only the hierarchy's factors).
     """
 
     def __init__(
@@ -360,7 +361,6 @@ class ProgramScorer:
         self.timeout_s = timeout_s
         self.prompt_format = prompt_format
         self.history: list[dict[str, float]] = []
-        self.last_statuses = np.zeros(0, dtype=object)
         self.started = time.perf_counter()
 
     def __call__(
@@ -374,22 +374,23 @@ class ProgramScorer:
         factors = {name: np.array([o.factors[name] for o in outcomes]) for name in FACTORS if name != "similarity"}
         kept = fenced_code if self.prompt_format == "chat" else truncate
         factors["similarity"] = similarity([kept(c) for c in completions], [self.references[i] for i in index])
-        self.last_statuses = np.array([o.status for o in outcomes], dtype=object)
-        mix = status_mix(list(self.last_statuses))
+        statuses = [o.status for o in outcomes]
+        factors["status"] = np.array(statuses, dtype=object)
+        mix = status_mix(statuses)
         row = {f"status/{s}": count / max(len(outcomes), 1) for s, count in mix.items()}
         self.history.append({**row, "wall_clock_s": time.perf_counter() - self.started})
         return factors
 
 
-def fixed_reward(method: str, config: CodeTrainConfig, scorer: ProgramScorer) -> Any:
-    """The reward of a fixed method from GroupReward's factor matrix (columns in the hierarchy's order)."""
+def fixed_reward(method: str, config: CodeTrainConfig) -> Any:
+    """The reward of a fixed method from GroupReward's factor matrix and the scorer's outputs (its ``status``)."""
     names = config.hierarchy_names
     if method == "coderl":
         returns = np.vectorize(CODERL_RETURNS.__getitem__, otypes=[np.float64])
-        return lambda matrix: returns(scorer.last_statuses)
+        return lambda matrix, outputs: returns(outputs["status"])
     if method == "ground-truth":
         column = names.index("pass_rate")  # CodeTrainConfig makes sure the hierarchy holds it
-        return lambda matrix: matrix[:, column]
+        return lambda matrix, outputs: matrix[:, column]
     from heron.trl_reward import weighted_sum
 
     return weighted_sum(config.ranking, config.weights)
@@ -408,7 +409,7 @@ def code_reward(config: CodeTrainConfig, problems: Sequence[Problem]) -> tuple[A
         config.ranking,
         group_size=config.num_generations,
         method=config.method,
-        fixed=None if learned else fixed_reward(config.method, config, scorer),
+        fixed=None if learned else fixed_reward(config.method, config),
         weights=config.weights,
         embedder=embedder,
         reward_model=config.reward_model,
