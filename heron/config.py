@@ -250,10 +250,18 @@ def from_hierarchy(hierarchy: Hierarchy) -> tuple[FactorConfig, ...]:
 
 def validate(data: Any, source: str = "config") -> RunConfig:
     """A :class:`RunConfig` from a mapping; a :class:`ConfigError` naming the first bad field."""
-    if not isinstance(data, dict):
+    return validate_model(RunConfig, data, source)
+
+
+def validate_model(kind: type[S], data: Any, source: str = "config") -> S:
+    """A whole config of any kind (run, code, LM) from an instance or a mapping; a one-line
+    :class:`ConfigError` that starts with ``source`` and names the first bad field."""
+    if isinstance(data, kind):
+        return data
+    if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
     try:
-        return RunConfig.model_validate(data)
+        return kind.model_validate(dict(data))
     except ValidationError as err:
         raise ConfigError(f"{source}: {_first_error(err)}") from None
     except ConfigError as err:

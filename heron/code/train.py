@@ -41,11 +41,11 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from heron.code.evaluate import evaluate, fenced_code, format_prompts, run_completions, status_mix, truncate
 from heron.code.tasks import Problem, human_eval, mbpp_like
-from heron.config import ComparisonConfig, FactorConfig, RewardModelConfig, _first_error, _Strict, validate_section
+from heron.config import ComparisonConfig, FactorConfig, RewardModelConfig, _Strict, validate_model, validate_section
 from heron.errors import ConfigError
 from heron.hierarchy import Hierarchy
 from heron.models import SMOLLM2, TINY, load_causal_lm, save_causal_lm
@@ -275,16 +275,7 @@ class CodeTrainConfig(_Strict):
 
 def validate(data: Any, source: str = "config") -> CodeTrainConfig:
     """A :class:`CodeTrainConfig` from a mapping; a one-line :class:`ConfigError` naming the first bad field."""
-    if isinstance(data, CodeTrainConfig):
-        return data
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
-    try:
-        return CodeTrainConfig.model_validate(dict(data))
-    except ValidationError as err:
-        raise ConfigError(f"{source}: {_first_error(err)}") from None
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
+    return validate_model(CodeTrainConfig, data, source)
 
 
 # -- problems and factors ----------------------------------------------------------------------------

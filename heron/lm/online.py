@@ -41,9 +41,9 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from heron.config import _first_error, _Strict
+from heron.config import _Strict, validate_model
 from heron.errors import ConfigError
 from heron.hierarchy import Factor, Hierarchy
 from heron.lm.pairs import parse_hierarchy, read_ratings
@@ -217,14 +217,7 @@ def is_online(data: Any) -> bool:
 
 def validate_online(data: Any, source: str = "config") -> OnlineConfig:
     """An :class:`OnlineConfig` from a mapping; a one-line :class:`ConfigError` naming the first bad field."""
-    if isinstance(data, OnlineConfig):
-        return data
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
-    try:
-        return OnlineConfig.model_validate(dict(data))
-    except ValidationError as err:
-        raise ConfigError(f"{source}: {_first_error(err)}") from None
+    return validate_model(OnlineConfig, data, source)
 
 
 # -- scoring -----------------------------------------------------------------------------------------
