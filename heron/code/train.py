@@ -562,6 +562,9 @@ def train_code(config: CodeTrainConfig | Mapping[str, Any], *, progress: bool = 
         results |= run_eval(config, policy, tokenizer, evaluated)
         save_causal_lm(policy, tokenizer, out / "model")
     results["seconds"] = {"warm_start": round(warm_seconds, 2), "rl": round(rl_seconds, 2)}
+    if metrics:  # the last row carries the test Pass@k, which heron compare's summary reports per method
+        metrics[-1] |= {f"eval/{k}": float(v) for k, v in results.items() if k.startswith("pass@")}
+        write_metrics(metrics, out / "metrics.csv")
     (out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
     _clean_trainer_dir(out / "trainer")
     return CodeTrainResult(out, metrics, results, policy, tokenizer)
@@ -608,7 +611,7 @@ def run_code(config: Mapping[str, Any], run_dir: str | Path) -> CodeTrainResult:
 
     ``run_dir/metrics.csv`` has ``step``, ``return_mean`` (the training pass rate: the share of the
     step's sampled completions that pass every test) and ``wall_clock_s`` (seconds since RL started);
-    ``run_dir/eval.json`` the test-split Pass@k.
+    ``run_dir/eval.json`` the test-split Pass@k, which the last metrics row repeats as ``eval/pass@k``.
     """
     if not isinstance(config, Mapping):
         raise ConfigError(f"config: expected a mapping of settings, got {type(config).__name__}")

@@ -276,7 +276,7 @@ def compare(
             outcomes = _run_ray(jobs, storage or str(out / "ray"), address, status.event)
         else:
             outcomes = _run_local(jobs, workers or os.cpu_count() or 1, status.event)
-    curves = {m: [_curve(j) for j in jobs if j.method == m] for m in methods}
+    curves = {m: [report.read_metrics(j.run_dir / "metrics.csv") for j in jobs if j.method == m] for m in methods}
     curves = {m: [rows for rows in runs if rows] for m, runs in curves.items()}
     kind = config_kind(base)
     if kind == "control":
@@ -296,21 +296,6 @@ def compare(
     if kind == "control":
         report_sweep(jobs, curves, table, out, title, threshold, front)
     return CompareResult(table, outcomes, out)
-
-
-def _curve(job: Job) -> list[dict[str, float]]:
-    """A run's metrics rows; the last one also carries the Pass@k of a code run's ``eval.json``
-    (``eval/pass@1``...), which the summary reports per method."""
-    rows = report.read_metrics(job.run_dir / "metrics.csv")
-    final = job.run_dir / "eval.json"
-    if rows and config_kind(job.config) == "code" and final.is_file():
-        try:
-            data = json.loads(final.read_text())
-        except (OSError, ValueError):
-            return rows
-        scores = data.items() if isinstance(data, dict) else ()
-        rows[-1] |= {f"eval/{k}": float(v) for k, v in scores if k.startswith("pass@") and isinstance(v, int | float)}
-    return rows
 
 
 class _Status:
